@@ -1,0 +1,4 @@
+from physical_adv.cli import main
+
+if __name__ == "__main__":
+    main()

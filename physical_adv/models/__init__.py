@@ -1,0 +1,91 @@
+"""The model registry: every model is named by a spec string.
+
+* ``signs`` — the embedded traffic-sign classifier (weights inside the package);
+* ``torchvision:NAME`` — a torchvision classifier with its default ImageNet weights,
+  read from the torch cache (downloaded there on first use when online);
+* ``PATH.pt`` / ``PATH.ts`` — a TorchScript file that takes RGB in [0, 1], with class
+  names from a text file (one per line).
+
+Every loader returns a :class:`~physical_adv.models.base.Classifier` in eval mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from physical_adv.devices import resolve_device
+from physical_adv.errors import UserError
+from physical_adv.models.base import Classifier, ModelCard
+from physical_adv.models.embedded import SIGNS_WEIGHTS, load_signs
+from physical_adv.models.scripted import load_torchscript
+from physical_adv.models.tv import load_torchvision, torchvision_catalogue
+
+DEFAULT_MODEL = "signs"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    spec: str
+    description: str
+    weights: str
+    available: bool
+
+
+def list_models(include_torchvision: bool = True) -> list[ModelEntry]:
+    """Every model spec this installation knows, and where its weights come from."""
+    entries = [
+        ModelEntry("signs", "embedded traffic-sign classifier, 14 classes, 64 px", str(SIGNS_WEIGHTS), SIGNS_WEIGHTS.is_file())
+    ]
+    if include_torchvision:
+        for name, path, cached in torchvision_catalogue():
+            entries.append(ModelEntry(f"torchvision:{name}", "torchvision ImageNet classifier, 1000 classes", str(path), cached))
+    return entries
+
+
+_LOADERS: dict[str, Callable[..., Classifier]] = {
+    "signs": lambda arg, classes: load_signs(),
+    "torchvision": lambda arg, classes: load_torchvision(arg),
+}
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    device: str | torch.device | None = None,
+    classes: str | Path | None = None,
+    input_size: int | None = None,
+) -> Classifier:
+    """Load a model by spec, in eval mode with gradients off for its parameters.
+
+    Args:
+        spec: ``signs``, ``torchvision:NAME`` or a TorchScript file path.
+        device: ``auto``/``cpu``/``cuda``/``mps`` or a ``torch.device`` (``None`` = auto).
+        classes: class-name file for TorchScript models (one name per line).
+        input_size: input side for TorchScript models (default 224).
+
+    Returns:
+        A :class:`Classifier`: ``(N, 3, H, W)`` in [0, 1] → logits ``(N, C)``.
+    """
+    spec = spec.strip()
+    family, _, arg = spec.partition(":")
+    if family in _LOADERS and (family != "torchvision" or arg):
+        model = _LOADERS[family](arg, classes)
+    elif family == "torchvision":
+        raise UserError("torchvision models are named torchvision:NAME, e.g. torchvision:resnet18")
+    elif Path(spec).suffix.lower() in (".pt", ".pth", ".ts", ".jit") or Path(spec).is_file():
+        model = load_torchscript(Path(spec), classes, input_size)
+    else:
+        raise UserError(
+            f"unknown model {spec!r}; use 'signs', 'torchvision:NAME' or a TorchScript file "
+            "(see `physical-adv models`)"
+        )
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.to(resolve_device(device))
+
+
+__all__ = ["Classifier", "ModelCard", "ModelEntry", "DEFAULT_MODEL", "list_models", "load_model"]
