@@ -7,6 +7,7 @@ The public Python API mirrors the command line; start with
 __version__ = "0.1.0"
 
 from physical_adv.errors import UserError
+from physical_adv.models import list_models, load_model
 
 
 __all__ = ["__version__", "UserError", "load_model", "list_models"]

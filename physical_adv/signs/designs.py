@@ -399,6 +399,18 @@ def render_clean(name: str, size: int = 512, style: SignStyle = DEFAULT_STYLE, f
     return np.round(page * 255).astype(np.uint8)
 
 
+# Looks the training distribution never draws: a font it never uses, colours and
+# proportions outside its ranges. Tests and the accuracy benchmark check the model on them.
+OFF_STYLES: dict[str, SignStyle] = {
+    "pillow sans font": SignStyle(font="pil"),
+    "complex serif italic font": SignStyle(font="hershey_complex", italic=True),
+    "dark maroon and navy": SignStyle(red=(0.55, 0.08, 0.18), blue=(0.08, 0.16, 0.42), font="pil"),
+    "bright orange-red, sky blue, cream": SignStyle(red=(0.95, 0.3, 0.1), blue=(0.2, 0.5, 0.9), white=(0.95, 0.92, 0.8)),
+    "thick rings, condensed lettering": SignStyle(ring=1.5, text_width=0.72, stroke=0.7, font="hershey_plain"),
+    "thin rings, wide lettering, no rim": SignStyle(ring=0.6, text_width=1.3, stroke=1.5, rim=False),
+}
+
+
 def style_variant(**changes) -> SignStyle:
     """The default style with some fields changed (a convenience for tests and docs)."""
     return replace(DEFAULT_STYLE, **changes)

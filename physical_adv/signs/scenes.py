@@ -19,11 +19,12 @@ it is given, so a seed fixes every scene.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import cv2
 import numpy as np
 
-from physical_adv.signs.designs import CLASS_NAMES, SIGN_FILL, draw_sign, random_style
+from physical_adv.signs.designs import CLASS_NAMES, SIGN_FILL, SignStyle, draw_sign, random_style
 
 SCENE_KINDS = ("wild", "print", "sheet")
 SCENE_MIX = (0.5, 0.35, 0.15)
@@ -37,12 +38,20 @@ class SignBank:
     tens of microseconds, so scenes sample from a bank that is redrawn now and then.
     """
 
-    def __init__(self, rng: np.random.Generator, styles_per_class: int = 24, size: int = BANK_SIGN_PX) -> None:
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        styles_per_class: int = 24,
+        size: int = BANK_SIGN_PX,
+        styles: Sequence[SignStyle] | None = None,
+    ) -> None:
+        """Draw the bank; ``styles`` fixes the looks instead of drawing random ones."""
+        if styles is None:
+            styles = [random_style(rng) for _ in range(styles_per_class)]
         self.size = size
-        self.rgb = np.empty((len(CLASS_NAMES), styles_per_class, size, size, 3), np.float32)
-        self.alpha = np.empty((len(CLASS_NAMES), styles_per_class, size, size), np.float32)
-        for j in range(styles_per_class):
-            style = random_style(rng)
+        self.rgb = np.empty((len(CLASS_NAMES), len(styles), size, size, 3), np.float32)
+        self.alpha = np.empty((len(CLASS_NAMES), len(styles), size, size), np.float32)
+        for j, style in enumerate(styles):
             for i, name in enumerate(CLASS_NAMES):
                 self.rgb[i, j], self.alpha[i, j] = draw_sign(name, size, style)
 

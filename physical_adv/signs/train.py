@@ -113,6 +113,22 @@ def evaluate(model: torch.nn.Module, n: int = 2000, seed: int = EVAL_SEED, kind:
     return {"accuracy": float(correct.mean()) if n else float("nan"), "n": n, "per_class": per_class, "seed": seed, "kind": kind or "mixed"}
 
 
+def evaluate_style(model: torch.nn.Module, style, n_per_class: int, kind: str | None = None, seed: int = EVAL_SEED) -> dict:
+    """Accuracy on scenes whose signs all have one fixed ``style`` (e.g. an off-training look).
+
+    Returns:
+        ``{"accuracy": float, "n": int, "kind": kind}``.
+    """
+    rng = np.random.default_rng([EVAL_STREAM, seed, 1])
+    bank = SignBank(rng, styles=[style])
+    labels = np.repeat(np.arange(len(CLASS_NAMES)), n_per_class)
+    imgs = np.stack([render_scene(rng, bank, int(y), SIGNS_INPUT_SIZE, kind) for y in labels])
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        pred = model(to_tensor(imgs).to(device)).argmax(1).cpu().numpy()
+    return {"accuracy": float((pred == labels).mean()), "n": int(len(labels)), "kind": kind or "mixed"}
+
+
 def train_signs(cfg: TrainConfig, show_progress: bool = True) -> dict:
     """Train the ``signs`` CNN and write ``OUT.safetensors`` + ``OUT.json`` (training record).
 
@@ -147,7 +163,10 @@ def train_signs(cfg: TrainConfig, show_progress: bool = True) -> dict:
             ema_loss = loss.item() if math.isnan(ema_loss) else 0.98 * ema_loss + 0.02 * loss.item()
             ema_acc = acc if math.isnan(ema_acc) else 0.98 * ema_acc + 0.02 * acc
             rate = (step + 1) * cfg.batch_size / (time.time() - t0)
-            progress.update(task, advance=1, info=f"loss {ema_loss:.3f} acc {ema_acc:.3f} {rate:.0f} img/s")
+            info = f"loss {ema_loss:.3f} acc {ema_acc:.3f} {rate:.0f} img/s"
+            progress.update(task, advance=1, info=info)
+            if show_progress and not console.is_terminal and (step + 1) % max(1, steps // 20) == 0:
+                console.print(f"step {step + 1}/{steps} {info}")  # a log file gets a line every 5 %
     train_seconds = time.time() - t0
     net.eval()
     card = ModelCard("signs", CLASS_NAMES, SIGNS_INPUT_SIZE, str(cfg.out))

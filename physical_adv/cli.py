@@ -1,0 +1,167 @@
+"""The ``physical-adv`` command line: thin typer commands that build one config each and
+call one library function. Errors follow one convention (see :func:`main`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+try:  # typer ≥ 0.22 vendors click
+    from typer._click.exceptions import ClickException
+except ImportError:  # older typer on top of click
+    from click import ClickException
+
+from physical_adv import __version__
+from physical_adv.errors import UserError
+
+app = typer.Typer(
+    name="physical-adv",
+    help="Physical-world adversarial examples: EOT attacks, printable sheets, webcam capture, survival reports.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps.")
+ModelOpt = typer.Option("signs", "--model", "-m", help="Model spec: signs, torchvision:NAME or a TorchScript file.")
+ClassesOpt = typer.Option(None, "--classes", help="Class-name file (one per line) for a TorchScript model.")
+
+
+def build(cls, **kwargs):
+    """Construct a config dataclass, turning its validation error into a user error."""
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"physical-adv {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show full tracebacks (for bug reports); accepted anywhere."),
+) -> None:
+    """Physical-world adversarial examples for image classifiers.
+
+    Pipeline: attack → sheet (PDF) → print → capture (webcam) → report.
+    """
+
+
+@app.command("models")
+def models_cmd(
+    all_: bool = typer.Option(False, "--all", help="Also list torchvision models whose weights are not cached."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List the models you can use and where their weights come from."""
+    from rich.table import Table
+
+    from physical_adv.models import list_models
+    from physical_adv.ui import console
+
+    entries = list_models()
+    shown = [e for e in entries if all_ or e.available or not e.spec.startswith("torchvision:")]
+    if as_json:
+        typer.echo(json.dumps([e.__dict__ for e in shown], indent=2))
+        return
+    table = Table(title="models")
+    for col in ("spec", "description", "weights", "ready"):
+        table.add_column(col)
+    for e in shown:
+        table.add_row(e.spec, e.description, e.weights, "yes" if e.available else "not cached")
+    from rich.console import Console
+
+    Console().print(table)
+    hidden = len(entries) - len(shown)
+    if hidden:
+        console.print(
+            f"{hidden} more torchvision:NAME models can be used once their ImageNet weights are in the torch cache "
+            "(downloaded on first use when online); `physical-adv models --all` lists them."
+        )
+
+
+@app.command("classify")
+def classify_cmd(
+    images: List[str] = typer.Argument(..., help="Image files, or sign:NAME for a rendered sign."),
+    model: str = ModelOpt,
+    top_k: int = typer.Option(5, "--top-k", "-k", help="How many labels to show per image."),
+    as_json: bool = typer.Option(False, "--json", help='Print [{"path", "top": [{"class", "prob"}]}] as JSON.'),
+    classes: Optional[str] = ClassesOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Print the top-k labels and probabilities for each image."""
+    from physical_adv.classify import ClassifyConfig, classify_images
+
+    cfg = build(ClassifyConfig, images=tuple(images), model=model, top_k=top_k, device=device, classes=classes)
+    results = classify_images(cfg)
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+        return
+    for r in results:
+        typer.echo(r["path"])
+        for rank, t in enumerate(r["top"], 1):
+            typer.echo(f"  {rank}. {t['class']:<24} {t['prob']:.4f}")
+
+
+@app.command("train-signs")
+def train_signs_cmd(
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the weights (.safetensors; a .json record goes beside it)."),
+    seed: int = typer.Option(0, "--seed", help="Seeds every random draw of the training run."),
+    samples: int = typer.Option(360_000, "--samples", help="Training scenes to draw (each is fresh)."),
+    batch_size: int = typer.Option(128, "--batch-size"),
+    workers: int = typer.Option(1, "--workers", help="Processes rendering scenes while the main process trains."),
+    eval_samples: int = typer.Option(2000, "--eval-samples", help="Held-out scenes for the final accuracy."),
+) -> None:
+    """Train the embedded traffic-sign classifier from procedurally rendered scenes (CPU, ~20 min)."""
+    from physical_adv.signs.train import TrainConfig, train_signs
+
+    if out.suffix != ".safetensors":
+        raise UserError(f"--out must end in .safetensors, got {out}")
+    cfg = build(TrainConfig, out=out, seed=seed, samples=samples, batch_size=batch_size, workers=workers, eval_samples=eval_samples)
+    record = train_signs(cfg)
+    acc = record["metrics"].get("heldout", {}).get("accuracy")
+    typer.echo(f"wrote {out} ({record['train_seconds']:.0f} s" + (f", held-out accuracy {acc:.4f})" if acc is not None else ")"))
+
+
+def _fail(message: str, code: int = 2) -> None:
+    one_line = " ".join(str(message).split())
+    print(f"physical-adv: error: {one_line}", file=sys.stderr)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point. User errors → one line ``physical-adv: error: …`` on stderr, exit 2;
+    Ctrl-C → exit 130; a bug → one line and exit 1, or the traceback with ``--verbose``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in args
+    args = [a for a in args if a != "--verbose"]
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=args, prog_name="physical-adv", standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        print("physical-adv: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except ClickException as exc:
+        _fail(exc.format_message())
+    except UserError as exc:
+        if verbose:
+            raise
+        _fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - the last line of defence for bugs
+        if verbose:
+            raise
+        _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --verbose for the traceback)", code=1)
+    if result == 130:
+        print("physical-adv: interrupted", file=sys.stderr)
+    sys.exit(result if isinstance(result, int) else 0)
