@@ -112,6 +112,57 @@ def classify_cmd(
             typer.echo(f"  {rank}. {t['class']:<24} {t['prob']:.4f}")
 
 
+@app.command("attack")
+def attack_cmd(
+    source: str = typer.Option(..., "--source", "-s", help="Image file, or sign:NAME for a built-in sign rendering."),
+    target: Optional[str] = typer.Option(None, "--target", "-t", help="Target class name (untargeted when omitted)."),
+    model: str = ModelOpt,
+    eps: Optional[float] = typer.Option(None, "--eps", help="Budget: /255 units for linf (default 16); L2 norm at the model's input size for l2 (default 2.0)."),
+    norm: str = typer.Option("linf", "--norm", help="linf or l2 (ignored in patch mode)."),
+    mask: Optional[str] = typer.Option(None, "--mask", help="Patch mode: a square PNG, white = perturbable (resized to the texture)."),
+    patch: Optional[str] = typer.Option(None, "--patch", help="Patch mode with a built-in sticker: square, circle or band."),
+    patch_area: float = typer.Option(0.2, "--patch-area", help="Sticker area as a fraction of the tile."),
+    patch_pos: str = typer.Option("0.5,0.5", "--patch-pos", help="Sticker centre as X,Y fractions of the tile."),
+    eot_name: str = typer.Option("print-camera", "--eot", help="Transformation distribution: none, digital, print-camera, print-camera-hard, or a .toml file."),
+    samples: int = typer.Option(32, "--samples", help="Transformations drawn per step (the EOT batch)."),
+    steps: int = typer.Option(300, "--steps", help="Optimisation steps (stops early once the goal is held with margin)."),
+    seed: int = typer.Option(0, "--seed", help="Seeds every random draw; held-out checks use a seed derived from it."),
+    loss: str = typer.Option("ce", "--loss", help="ce (cross-entropy) or margin (C&W-style)."),
+    tv: float = typer.Option(0.0, "--tv", help="Weight of the total-variation (smoothness) term."),
+    nps: float = typer.Option(0.0, "--nps", help="Weight of the non-printability score (Sharif et al. 2016)."),
+    texture_size: int = typer.Option(512, "--texture-size", help="Side of the texture at print resolution, pixels."),
+    eval_samples: int = typer.Option(1000, "--eval-samples", help="Held-out transformations for the final success rate."),
+    no_early_stop: bool = typer.Option(False, "--no-early-stop", help="Always run every step."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<source>-<goal>-<time>)."),
+    device: str = DeviceOpt,
+) -> None:
+    """Make a perturbation or sticker that survives printing and photographing (EOT)."""
+    import time as _time
+
+    from physical_adv.attack.runner import AttackConfig, run_attack
+
+    try:
+        pos = tuple(float(v) for v in patch_pos.split(","))
+        if len(pos) != 2:
+            raise ValueError
+    except ValueError:
+        raise UserError(f"--patch-pos must be X,Y fractions like 0.5,0.7, got {patch_pos!r}") from None
+    if out is None:
+        slug = "".join(c if c.isalnum() else "-" for c in Path(source.replace("sign:", "")).stem.lower()).strip("-")
+        goal = "".join(c if c.isalnum() else "-" for c in (target or "untargeted").lower())
+        out = Path("runs") / f"{slug}-{goal}-{_time.strftime('%Y%m%d-%H%M%S')}"
+    cfg = build(AttackConfig, source=source, out=out, target=target, model=model, eps=eps, norm=norm, mask=mask, patch=patch,
+                patch_area=patch_area, patch_position=pos, eot=eot_name, samples=samples, steps=steps, seed=seed, loss=loss,
+                tv_weight=tv, nps_weight=nps, texture_size=texture_size, eval_samples=eval_samples, device=device,
+                early_stop=not no_early_stop)
+    result = run_attack(cfg)
+    r, m = result.record, result.record["metrics"]
+    goal = f"classified as {r['target_class']}" if r["targeted"] else f"not classified as {r['true_class']}"
+    lo, hi = m["eot_success_ci95"]
+    typer.echo(f"{result.out}: {goal} in {m['eot_success']:.1%} of {m['eot_samples']} held-out {cfg.eot} draws "
+               f"(95% CI {lo:.1%}–{hi:.1%}; clean image: {m['clean_eot_success']:.1%}); {m['wall_seconds']:.0f} s")
+
+
 @app.command("train-signs")
 def train_signs_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the weights (.safetensors; a .json record goes beside it)."),

@@ -29,6 +29,7 @@ from physical_adv.signs.designs import CLASS_NAMES, SIGN_FILL, SignStyle, draw_s
 SCENE_KINDS = ("wild", "print", "sheet")
 SCENE_MIX = (0.5, 0.35, 0.15)
 BANK_SIGN_PX = 128  # side of the pre-drawn signs that scenes warp from
+SENSOR_NOISE_MAX = 0.05  # largest sensor-noise sigma at the model's input, image in [0, 1]
 
 
 class SignBank:
@@ -316,7 +317,7 @@ def _camera(rng: np.random.Generator, img: np.ndarray, strength: float) -> np.nd
         img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.3 * s + 0.2))
     elif r < 0.5:
         img = _motion_blur(rng, img, rng.uniform(1.5, 2 + 3 * s))
-    img = img + rng.normal(0, rng.uniform(0, 0.05 * s), img.shape).astype(np.float32)
+    img = img + rng.normal(0, rng.uniform(0, SENSOR_NOISE_MAX * s), img.shape).astype(np.float32)
     u8 = np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
     if rng.random() < 0.6:
         quality = int(rng.integers(25, 96))

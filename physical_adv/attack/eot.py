@@ -1,0 +1,359 @@
+"""The print-and-photograph transformation distribution for Expectation over Transformation.
+
+Split as in kornia: :func:`sample` draws an :class:`EOTParams` (a frozen dataclass of
+tensors, one row per sample) from an :class:`EOTDistribution` with an explicit
+``torch.Generator``; :func:`render` is pure and replays any draw.
+
+:func:`render` takes the texture at print resolution (e.g. 512 px) to a batch at the
+model's input size in a fixed, short sequence of batched ops:
+
+1. **geometry** — one homography per sample (scale, rotation, out-of-plane tilt,
+   translation, residual misalignment) applied by one ``grid_sample`` from the level of an
+   area-filtered pyramid (2×2 average pooling) whose texel size matches the sample's
+   footprint, so the downsampling does not alias; outside the tile is paper white;
+2. **printer and camera colour** — saturation, ink cross-talk, black level, paper white
+   and tint, white balance, exposure, contrast and brightness are all affine in colour,
+   so they are folded at sampling time into one 3×3 matrix + offset per sample;
+3. **light** — a linear lighting gradient, then gamma;
+4. **optics** — dot gain, defocus (Gaussian) and motion blur (a line) multiplied into one
+   transfer function and applied with one FFT pair;
+5. **sensor** — additive Gaussian noise;
+6. **compression** — differentiable JPEG (:mod:`physical_adv.attack.jpeg`).
+
+Everything is differentiable with respect to the texture.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from physical_adv.attack.jpeg import jpeg
+from physical_adv.errors import UserError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+Range = tuple[float, float]
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+
+
+@dataclass(frozen=True)
+class EOTDistribution:
+    """Parameter ranges of the print-and-photograph distribution (all uniform).
+
+    Geometry (model-input frame): ``scale`` = tile side / input side; ``rotation`` and
+    ``tilt`` (out-of-plane viewing angle) are maximum degrees; ``translation`` is the
+    maximum shift of the tile centre as a fraction of the input side; ``misalignment`` is
+    the maximum independent jitter of each corner as a fraction of the tile side (what
+    marker-based rectification leaves).
+
+    Printer: ``saturation`` multiplies chroma; ``ink_crosstalk`` is the maximum
+    off-diagonal weight of the ink mixing matrix; ``black_level`` is the darkest printable
+    value; ``paper_white`` the brightest; ``paper_tint`` the maximum per-channel darkening
+    of the paper; ``dot_gain`` a Gaussian blur sigma in input pixels.
+
+    Camera and light: ``exposure`` multiplies, ``brightness`` adds, ``contrast`` scales
+    about mid-grey; ``gamma`` is the exponent; ``white_balance`` the maximum per-channel
+    gain deviation; ``light_gradient`` the maximum relative change of light across the
+    frame; ``defocus`` a Gaussian sigma in input pixels; ``motion_blur`` a line length in
+    input pixels, applied with probability ``motion_blur_p``; ``noise`` the sensor noise
+    sigma (image in [0, 1]).
+
+    Compression: ``jpeg_quality`` range, applied with probability ``jpeg_p``.
+    """
+
+    name: str = "custom"
+    description: str = ""
+    scale: Range = (1.0, 1.0)
+    rotation: float = 0.0
+    tilt: float = 0.0
+    translation: float = 0.0
+    misalignment: float = 0.0
+    saturation: Range = (1.0, 1.0)
+    ink_crosstalk: float = 0.0
+    black_level: Range = (0.0, 0.0)
+    paper_white: Range = (1.0, 1.0)
+    paper_tint: float = 0.0
+    dot_gain: Range = (0.0, 0.0)
+    exposure: Range = (1.0, 1.0)
+    brightness: Range = (0.0, 0.0)
+    contrast: Range = (1.0, 1.0)
+    gamma: Range = (1.0, 1.0)
+    white_balance: float = 0.0
+    light_gradient: float = 0.0
+    defocus: Range = (0.0, 0.0)
+    motion_blur: Range = (0.0, 0.0)
+    motion_blur_p: float = 0.0
+    noise: Range = (0.0, 0.0)
+    jpeg_quality: Range = (100.0, 100.0)
+    jpeg_p: float = 0.0
+
+    def __post_init__(self) -> None:
+        limits = {
+            "scale": (0.05, 10), "saturation": (0, 3), "black_level": (0, 0.9), "paper_white": (0.1, 1),
+            "dot_gain": (0, 10), "exposure": (0.05, 5), "brightness": (-1, 1), "contrast": (0.05, 5),
+            "gamma": (0.1, 5), "defocus": (0, 10), "motion_blur": (0, 20), "noise": (0, 1), "jpeg_quality": (1, 100),
+        }
+        for name, (lo, hi) in limits.items():
+            value = tuple(float(v) for v in getattr(self, name))
+            if len(value) != 2 or not (lo <= value[0] <= value[1] <= hi):
+                raise ValueError(f"EOT {name} must be [low, high] with {lo} ≤ low ≤ high ≤ {hi}, got {list(value)}")
+            object.__setattr__(self, name, value)
+        for name, hi in (("rotation", 180), ("tilt", 80), ("translation", 1), ("misalignment", 0.5),
+                         ("ink_crosstalk", 0.5), ("paper_tint", 0.5), ("white_balance", 0.9),
+                         ("light_gradient", 2), ("motion_blur_p", 1), ("jpeg_p", 1)):
+            value = float(getattr(self, name))
+            if not 0 <= value <= hi:
+                raise ValueError(f"EOT {name} must be in [0, {hi}], got {value}")
+            object.__setattr__(self, name, value)
+        if self.black_level[1] >= self.paper_white[0]:
+            raise ValueError("EOT black_level must stay below paper_white")
+
+    @property
+    def is_identity(self) -> bool:
+        return self == EOTDistribution(name=self.name, description=self.description)
+
+
+# The TOML file groups fields in sections; these are the section names.
+_SECTIONS = ("geometry", "printer", "camera", "compression")
+
+
+def preset_names() -> list[str]:
+    """Names of the built-in presets (the TOML files in ``attack/presets``)."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def load_distribution(name_or_path: str | Path) -> EOTDistribution:
+    """A built-in preset by name, or a TOML file of the same format.
+
+    Raises :class:`UserError` for an unknown preset, unreadable file, unknown key or bad range.
+    """
+    text = str(name_or_path)
+    path = PRESET_DIR / f"{text}.toml"
+    if not path.is_file():
+        path = Path(text)
+        if not (path.suffix == ".toml" and path.is_file()):
+            raise UserError(f"unknown EOT preset {text!r}; choose one of {', '.join(preset_names())} or give a .toml file")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"cannot read EOT distribution {path}: {exc}") from None
+    flat: dict = {"name": data.pop("name", path.stem), "description": data.pop("description", "")}
+    for section in _SECTIONS:
+        flat.update(data.pop(section, {}) or {})
+    flat.update(data)  # keys outside sections are allowed too
+    known = {f.name for f in fields(EOTDistribution)}
+    unknown = sorted(set(flat) - known)
+    if unknown:
+        raise UserError(f"{path}: unknown EOT parameter(s) {', '.join(unknown)}")
+    try:
+        return EOTDistribution(**{k: tuple(v) if isinstance(v, list) else v for k, v in flat.items()})
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{path}: {exc}") from None
+
+
+def distribution_to_dict(dist: EOTDistribution) -> dict:
+    """The distribution as plain JSON-able data (for ``attack.json``)."""
+    return {f.name: (list(v) if isinstance(v := getattr(dist, f.name), tuple) else v) for f in fields(dist)}
+
+
+@dataclass(frozen=True)
+class EOTParams:
+    """One draw of ``N`` transformations (rows sorted by pyramid level).
+
+    ``grid_h`` maps output pixel centres (homogeneous) to ``grid_sample`` texture
+    coordinates in [-1, 1]; ``level`` picks the pyramid level per sample; ``colour_a`` /
+    ``colour_b`` are the folded affine colour transform; the rest are per-sample
+    physical quantities (pixels at the output size) and the pre-drawn noise.
+    """
+
+    out_size: int
+    grid_h: torch.Tensor  # (N, 3, 3)
+    level: torch.Tensor  # (N,) long, non-decreasing
+    colour_a: torch.Tensor  # (N, 3, 3)
+    colour_b: torch.Tensor  # (N, 3)
+    gradient: torch.Tensor  # (N, 2) light change per frame width in x and y
+    gamma: torch.Tensor  # (N,)
+    blur_sigma: torch.Tensor  # (N,) Gaussian sigma (dot gain and defocus combined)
+    motion_length: torch.Tensor  # (N,)
+    motion_angle: torch.Tensor  # (N,)
+    noise: torch.Tensor  # (N, 3, S, S) already scaled by each sample's sigma
+    jpeg_quality: torch.Tensor  # (N,) 0 = no JPEG
+
+    def __len__(self) -> int:
+        return int(self.grid_h.shape[0])
+
+
+def _uniform(n: int, bounds: Range | float, g: torch.Generator, device) -> torch.Tensor:
+    lo, hi = (-bounds, bounds) if isinstance(bounds, (int, float)) else bounds
+    return lo + (hi - lo) * torch.rand(n, generator=g, device=device)
+
+
+def _affine_then(a1, b1, a2, b2):
+    """Compose colour maps: x ↦ a2 (a1 x + b1) + b2."""
+    return a2 @ a1, (a2 @ b1.unsqueeze(-1)).squeeze(-1) + b2
+
+
+def sample(
+    dist: EOTDistribution,
+    n: int,
+    texture_size: int,
+    out_size: int,
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
+) -> EOTParams:
+    """Draw ``n`` transformations.
+
+    Args:
+        dist: the parameter ranges.
+        n: number of samples.
+        texture_size: side of the square texture at print resolution (pixels).
+        out_size: side of the model input (pixels).
+        generator: the only randomness source; must live on ``device``.
+
+    Returns:
+        An :class:`EOTParams` on ``device``.
+    """
+    g, dev = generator, torch.device(device)
+    u = lambda bounds: _uniform(n, bounds, g, dev)  # noqa: E731
+    # --- geometry: the tile's corners in output pixels
+    side = out_size * u(dist.scale)
+    centre = out_size / 2 + out_size * torch.stack([u(dist.translation), u(dist.translation)], 1)
+    unit = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], device=dev)
+    pts = unit.unsqueeze(0) * (side / 2).view(n, 1, 1)
+    tilt = torch.deg2rad(u((0.0, dist.tilt)))
+    axis_angle = u((0.0, math.pi))
+    axis = torch.stack([torch.cos(axis_angle), torch.sin(axis_angle)], 1).unsqueeze(1)  # (N, 1, 2)
+    along = (pts * axis).sum(-1, keepdim=True)  # (N, 4, 1)
+    half = (side / 2).view(n, 1, 1)
+    taper = 1 - 0.25 * torch.sin(tilt).view(n, 1, 1) * along / half  # the far edge looks smaller
+    pts = (pts - along * (1 - torch.cos(tilt)).view(n, 1, 1) * axis) * taper
+    rot = torch.deg2rad(u(dist.rotation))
+    c, s = torch.cos(rot), torch.sin(rot)
+    r = torch.stack([torch.stack([c, -s], 1), torch.stack([s, c], 1)], 1)  # (N, 2, 2)
+    pts = pts @ r.transpose(1, 2)
+    pts = pts + dist.misalignment * side.view(n, 1, 1) * (2 * torch.rand(n, 4, 2, generator=g, device=dev) - 1)
+    dst = pts + centre.unsqueeze(1)
+    from kornia.geometry.transform import get_perspective_transform
+
+    grid_h = get_perspective_transform(dst, unit.expand(n, 4, 2).contiguous())  # output px → [-1, 1]
+    # area of the quad → footprint in texels per output pixel → pyramid level
+    x, y = dst[..., 0], dst[..., 1]
+    area = 0.5 * (x * y.roll(-1, 1) - x.roll(-1, 1) * y).sum(1).abs()
+    ratio = texture_size / area.clamp_min(1.0).sqrt()
+    max_level = int(math.floor(math.log2(max(texture_size / 4, 1))))
+    level = torch.log2(ratio).round().clamp(0, max_level).long()
+    # --- colour: printer then camera, folded into one affine map
+    eye = torch.eye(3, device=dev).expand(n, 3, 3)
+    ones = torch.ones(n, 3, device=dev)
+    sat = u(dist.saturation).view(n, 1, 1)
+    a = sat * eye + (1 - sat) / 3
+    b = torch.zeros(n, 3, device=dev)
+    mix = eye + dist.ink_crosstalk * (2 * torch.rand(n, 3, 3, generator=g, device=dev) - 1) * (1 - eye)
+    a, b = _affine_then(a, b, mix / mix.sum(2, keepdim=True), torch.zeros_like(b))
+    black = u(dist.black_level).view(n, 1)
+    white = u(dist.paper_white).view(n, 1) * (1 - dist.paper_tint * torch.rand(n, 3, generator=g, device=dev))
+    a, b = _affine_then(a, b, torch.diag_embed(white - black), black * ones)
+    gains = 1 + dist.white_balance * (2 * torch.rand(n, 3, generator=g, device=dev) - 1)
+    gains = gains * u(dist.exposure).view(n, 1)
+    a, b = _affine_then(a, b, torch.diag_embed(gains), torch.zeros_like(b))
+    k = u(dist.contrast).view(n, 1)
+    a, b = _affine_then(a, b, k.view(n, 1, 1) * eye, 0.5 * (1 - k) * ones + u(dist.brightness).view(n, 1))
+    grad_angle = u((0.0, 2 * math.pi))
+    grad_mag = u((0.0, dist.light_gradient))
+    gradient = torch.stack([torch.cos(grad_angle), torch.sin(grad_angle)], 1) * grad_mag.view(n, 1)
+    gamma = u(dist.gamma)
+    # --- optics, sensor, compression
+    blur_sigma = torch.sqrt(u(dist.dot_gain) ** 2 + u(dist.defocus) ** 2)
+    motion = u(dist.motion_blur) * (torch.rand(n, generator=g, device=dev) < dist.motion_blur_p)
+    motion_angle = u((0.0, math.pi))
+    noise = torch.randn(n, 3, out_size, out_size, generator=g, device=dev) * u(dist.noise).view(n, 1, 1, 1)
+    quality = u(dist.jpeg_quality).round() * (torch.rand(n, generator=g, device=dev) < dist.jpeg_p)
+    order = torch.argsort(level, stable=True)
+    return EOTParams(
+        out_size=out_size, grid_h=grid_h[order], level=level[order], colour_a=a[order], colour_b=b[order],
+        gradient=gradient[order], gamma=gamma[order], blur_sigma=blur_sigma[order], motion_length=motion[order],
+        motion_angle=motion_angle[order], noise=noise[order], jpeg_quality=quality[order],
+    )
+
+
+def _pixel_grid(out: int, device, dtype) -> torch.Tensor:
+    coords = torch.arange(out, device=device, dtype=dtype) + 0.5
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    return torch.stack([xx.reshape(-1), yy.reshape(-1), torch.ones_like(xx).reshape(-1)], 0)  # (3, out²)
+
+
+def warp_texture(texture: torch.Tensor, params: EOTParams) -> torch.Tensor:
+    """Geometry only: ``texture`` ``(1, 3, S, S)`` → ``(N, 3, out, out)``, paper white outside."""
+    out = params.out_size
+    pix = _pixel_grid(out, texture.device, texture.dtype)
+    mapped = params.grid_h.to(texture.dtype) @ pix  # (N, 3, out²)
+    grid = (mapped[:, :2] / mapped[:, 2:].clamp_min(1e-8)).transpose(1, 2).reshape(-1, out, out, 2)
+    levels = params.level.tolist()
+    pieces, start, level_img, current = [], 0, texture - 1.0, 0  # sample (x − 1) so zero padding is white
+    for lvl in sorted(set(levels)):
+        while current < lvl:
+            level_img = F.avg_pool2d(level_img, 2)
+            current += 1
+        count = levels.count(lvl)
+        g = grid[start : start + count]
+        pieces.append(F.grid_sample(level_img.expand(count, -1, -1, -1), g, mode="bilinear", padding_mode="zeros", align_corners=False))
+        start += count
+    return torch.cat(pieces, 0) + 1.0
+
+
+def _blur(images: torch.Tensor, sigma: torch.Tensor, length: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """Per-sample Gaussian × line blur as one transfer function, via FFT with edge padding."""
+    n, _, h, w = images.shape
+    pad = int(math.ceil(3 * float(sigma.max()) + float(length.max()) / 2)) + 1
+    x = F.pad(images, (pad, pad, pad, pad), mode="replicate")
+    hp, wp = h + 2 * pad, w + 2 * pad
+    fy = torch.fft.fftfreq(hp, device=x.device, dtype=x.dtype).view(1, hp, 1)
+    fx = torch.fft.rfftfreq(wp, device=x.device, dtype=x.dtype).view(1, 1, -1)
+    s2 = (sigma.to(x.dtype) ** 2).view(n, 1, 1)
+    otf = torch.exp(-2 * math.pi**2 * s2 * (fx**2 + fy**2))
+    along = fx * torch.cos(angle).to(x.dtype).view(n, 1, 1) + fy * torch.sin(angle).to(x.dtype).view(n, 1, 1)
+    otf = otf * torch.sinc(length.to(x.dtype).view(n, 1, 1) * along)
+    blurred = torch.fft.irfft2(torch.fft.rfft2(x) * otf.unsqueeze(1), s=(hp, wp))
+    return blurred[:, :, pad : pad + h, pad : pad + w]
+
+
+def render(texture: torch.Tensor, params: EOTParams) -> torch.Tensor:
+    """Render ``texture`` through every transformation of ``params``.
+
+    Args:
+        texture: ``(1, 3, S, S)`` or ``(3, S, S)`` RGB in [0, 1] at print resolution.
+        params: a draw from :func:`sample` (same device).
+
+    Returns:
+        ``(N, 3, out, out)`` in [0, 1], differentiable with respect to ``texture``.
+    """
+    if texture.ndim == 3:
+        texture = texture.unsqueeze(0)
+    x = warp_texture(texture, params)
+    n, _, h, w = x.shape
+    x = torch.einsum("nij,njhw->nihw", params.colour_a.to(x.dtype), x) + params.colour_b.to(x.dtype).view(n, 3, 1, 1)
+    if bool((params.gradient != 0).any()):
+        coords = (torch.arange(h, device=x.device, dtype=x.dtype) + 0.5) / h - 0.5
+        ramp = 1 + params.gradient[:, 0].view(n, 1, 1) * coords.view(1, 1, w) + params.gradient[:, 1].view(n, 1, 1) * coords.view(1, h, 1)
+        x = x * ramp.unsqueeze(1)
+    if bool((params.gamma != 1).any()):
+        x = x.clamp(1e-4, 1) ** params.gamma.to(x.dtype).view(n, 1, 1, 1)
+    if bool((params.blur_sigma > 0).any() or (params.motion_length > 0).any()):
+        x = _blur(x, params.blur_sigma, params.motion_length, params.motion_angle)
+    x = (x + params.noise.to(x.dtype)).clamp(0, 1)
+    jpeg_rows = params.jpeg_quality > 0
+    if bool(jpeg_rows.any()):
+        if bool(jpeg_rows.all()):
+            x = jpeg(x, params.jpeg_quality)
+        else:
+            idx = jpeg_rows.nonzero().squeeze(1)
+            x = x.index_copy(0, idx, jpeg(x.index_select(0, idx), params.jpeg_quality.index_select(0, idx)))
+    return x

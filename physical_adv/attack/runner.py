@@ -1,0 +1,362 @@
+"""``physical-adv attack``: an EOT attack on one source image, written to a run directory.
+
+The run directory (written to a temporary sibling and renamed at the end, so a failed or
+interrupted run leaves nothing half-written) holds:
+
+* ``adversarial.png`` — the texture at print resolution, lossless;
+* ``clean.png`` — the source at the same resolution;
+* ``perturbation.png`` — the change, amplified for viewing;
+* ``attack.json`` — schema, config, model, classes, final metrics, versions;
+* ``progress.csv`` — one row per optimisation step;
+* ``eot_preview.png`` — held-out transformed samples with the model's prediction on each.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from physical_adv.artifacts import atomic_write_bytes, atomic_write_json, software_versions, utc_now
+from physical_adv.attack import eot
+from physical_adv.attack.loop import LoopResult, StepReport, optimize
+from physical_adv.attack.objectives import OBJECTIVES, default_palette, non_printability, total_variation
+from physical_adv.attack.threat import L2Ball, LinfBall, Patch
+from physical_adv.errors import UserError
+from physical_adv.images import load_image, save_png
+from physical_adv.models import DEFAULT_MODEL, load_model
+from physical_adv.stats import wilson_interval
+from physical_adv.ui import console, make_progress
+
+SCHEMA = 1
+PATCH_SHAPES = ("square", "circle", "band")
+DEFAULT_EPS = {"linf": 16.0, "l2": 2.0}
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """Everything an attack run depends on; validated on construction.
+
+    ``eps`` is in /255 units for ``linf`` and in [0, 1] L2-norm units measured at the
+    model's input size for ``l2`` (``None`` = 16 or 2.0). ``patch``/``mask`` switch to
+    patch mode, where ``eps`` does not apply.
+    """
+
+    source: str
+    out: Path
+    target: str | None = None
+    model: str = DEFAULT_MODEL
+    eps: float | None = None
+    norm: str = "linf"
+    mask: str | None = None
+    patch: str | None = None
+    patch_area: float = 0.2
+    patch_position: tuple[float, float] = (0.5, 0.5)
+    eot: str = "print-camera"
+    samples: int = 32
+    steps: int = 300
+    seed: int = 0
+    loss: str = "ce"
+    tv_weight: float = 0.0
+    nps_weight: float = 0.0
+    texture_size: int = 512
+    eval_samples: int = 1000
+    device: str = "auto"
+    early_stop: bool = True
+
+    def __post_init__(self) -> None:
+        if self.norm not in DEFAULT_EPS:
+            raise ValueError(f"norm must be linf or l2, got {self.norm!r}")
+        if self.eps is not None and not 0 < self.eps <= (255 if self.norm == "linf" else 1000):
+            bound = "(0, 255]" if self.norm == "linf" else "(0, 1000]"
+            raise ValueError(f"eps must be in {bound}, got {self.eps:g}")
+        if self.mask and self.patch:
+            raise ValueError("give either --mask or --patch, not both")
+        if self.patch is not None and self.patch not in PATCH_SHAPES:
+            raise ValueError(f"patch must be one of {', '.join(PATCH_SHAPES)}, got {self.patch!r}")
+        if not 0 < self.patch_area <= 1:
+            raise ValueError(f"patch-area must be in (0, 1], got {self.patch_area:g}")
+        if not all(0 <= v <= 1 for v in self.patch_position):
+            raise ValueError(f"patch position must be two fractions in [0, 1], got {list(self.patch_position)}")
+        if self.samples < 1:
+            raise ValueError(f"samples must be ≥ 1, got {self.samples}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be ≥ 1, got {self.steps}")
+        if self.loss not in OBJECTIVES:
+            raise ValueError(f"loss must be one of {', '.join(OBJECTIVES)}, got {self.loss!r}")
+        if self.tv_weight < 0 or self.nps_weight < 0:
+            raise ValueError("regulariser weights must be ≥ 0")
+        if not 64 <= self.texture_size <= 4096:
+            raise ValueError(f"texture size must be in [64, 4096], got {self.texture_size}")
+        if self.eval_samples < 1:
+            raise ValueError(f"eval samples must be ≥ 1, got {self.eval_samples}")
+
+    @property
+    def patch_mode(self) -> bool:
+        return bool(self.mask or self.patch)
+
+    @property
+    def eps_value(self) -> float:
+        return DEFAULT_EPS[self.norm] if self.eps is None else float(self.eps)
+
+
+@dataclass
+class AttackResult:
+    out: Path
+    record: dict
+
+
+def _seeds(seed: int) -> tuple[int, int]:
+    """Independent seeds for optimisation and held-out evaluation, both derived from ``seed``."""
+    opt, held = np.random.SeedSequence([seed, 0x0A7]).generate_state(2)
+    return int(opt), int(held)
+
+
+def _square_texture(img: np.ndarray, size: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    side = min(h, w)
+    y0, x0 = (h - side) // 2, (w - side) // 2
+    img = img[y0 : y0 + side, x0 : x0 + side]
+    interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
+    return cv2.resize(img, (size, size), interpolation=interp) if side != size else img
+
+
+def build_mask(cfg: AttackConfig, size: int) -> np.ndarray | None:
+    """The patch mask ``(size, size)`` float32 of 0/1, or ``None`` outside patch mode."""
+    if cfg.mask:
+        path = Path(cfg.mask)
+        if not path.is_file():
+            raise UserError(f"mask file not found: {path}")
+        m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        if m is None:
+            raise UserError(f"cannot read mask {path} as an image")
+        if m.shape[0] != m.shape[1]:
+            raise UserError(f"mask {path} must be square like the tile, got {m.shape[1]}x{m.shape[0]}")
+        mask = (cv2.resize(m, (size, size), interpolation=cv2.INTER_AREA) >= 128).astype(np.float32)
+        if mask.sum() == 0:
+            raise UserError(f"mask {path} has no white (perturbable) pixels")
+        return mask
+    if not cfg.patch:
+        return None
+    mask = np.zeros((size, size), np.float32)
+    cx, cy = cfg.patch_position[0] * size, cfg.patch_position[1] * size
+    area = cfg.patch_area * size * size
+    if cfg.patch == "square":
+        half = math.sqrt(area) / 2
+        x0, x1 = int(round(max(0, cx - half))), int(round(min(size, cx + half)))
+        y0, y1 = int(round(max(0, cy - half))), int(round(min(size, cy + half)))
+        mask[y0:y1, x0:x1] = 1
+    elif cfg.patch == "circle":
+        yy, xx = np.mgrid[0:size, 0:size] + 0.5
+        mask[(xx - cx) ** 2 + (yy - cy) ** 2 <= area / math.pi] = 1
+    else:  # a horizontal band across the tile
+        half = cfg.patch_area * size / 2
+        mask[int(round(max(0, cy - half))) : int(round(min(size, cy + half))), :] = 1
+    return mask
+
+
+def _class_index(model, name: str, what: str) -> int:
+    key = " ".join(name.strip().lower().replace("_", " ").split())
+    for i, cls in enumerate(model.class_names):
+        if cls.lower() == key:
+            return i
+    sample = ", ".join(model.class_names[:20]) + (" …" if len(model.class_names) > 20 else "")
+    raise UserError(f"unknown {what} class {name!r} for model {model.spec}; classes: {sample}")
+
+
+def evaluate_texture(model, texture: torch.Tensor, dist: eot.EOTDistribution, n: int, generator: torch.Generator,
+                     batch: int = 100) -> tuple[torch.Tensor, torch.Tensor, eot.EOTParams]:
+    """Probabilities ``(n, C)`` of ``model`` on ``n`` draws of ``dist`` applied to ``texture``,
+    plus the first batch's images and params (for the preview)."""
+    probs, first = [], None
+    with torch.no_grad():
+        for start in range(0, n, batch):
+            params = eot.sample(dist, min(batch, n - start), texture.shape[-1], model.input_size, generator, texture.device)
+            images = eot.render(texture, params)
+            probs.append(torch.softmax(model(images), 1).cpu())
+            if first is None:
+                first = (images.cpu(), params)
+    return torch.cat(probs), first[0], first[1]
+
+
+def run_attack(cfg: AttackConfig, show_progress: bool = True) -> AttackResult:
+    """Run the attack of ``cfg`` and write its run directory (see module docs).
+
+    Returns:
+        :class:`AttackResult` with the run directory and the ``attack.json`` record.
+    """
+    started = time.time()
+    out = Path(cfg.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"output {out} already exists and is not an empty directory; choose another --out")
+    dist = eot.load_distribution(cfg.eot)
+    source = load_image(cfg.source)
+    texture_np = _square_texture(source, cfg.texture_size)
+    mask_np = build_mask(cfg, cfg.texture_size)
+    model = load_model(cfg.model, cfg.device)
+    device = model.device
+    opt_seed, held_seed = _seeds(cfg.seed)
+    torch.manual_seed(opt_seed)
+    generator = torch.Generator(device=device).manual_seed(opt_seed)
+    clean = torch.from_numpy(texture_np).permute(2, 0, 1).unsqueeze(0).float().div(255).to(device)
+    none = eot.load_distribution("none")
+    with torch.no_grad():
+        clean_probs = torch.softmax(model(eot.render(clean, eot.sample(none, 1, cfg.texture_size, model.input_size, generator, device))), 1)[0]
+    if cfg.source.startswith("sign:") and cfg.source[5:].strip().lower() in [c.lower() for c in model.class_names]:
+        true_idx = _class_index(model, cfg.source[5:], "source")
+    else:
+        true_idx = int(clean_probs.argmax())
+    target_idx = _class_index(model, cfg.target, "target") if cfg.target else None
+    targeted = target_idx is not None
+    if targeted and target_idx == true_idx:
+        raise UserError(f"the target class {cfg.target!r} is already the source's class")
+    label = torch.tensor([target_idx if targeted else true_idx], device=device)
+
+    if cfg.patch_mode:
+        mask = torch.from_numpy(mask_np).to(device).view(1, 1, *mask_np.shape)
+        threat = Patch(mask)
+        alpha_hi, alpha_lo = 24 / 255, 1 / 255
+    elif cfg.norm == "linf":
+        eps = cfg.eps_value / 255
+        threat = LinfBall(eps)
+        alpha_hi, alpha_lo = eps / 4, eps / 40
+    else:  # L2 measured at the model's input: area-downsampling by k divides a smooth change's norm by k
+        eps = cfg.eps_value * cfg.texture_size / model.input_size
+        threat = L2Ball(eps)
+        alpha_hi, alpha_lo = eps / 5, eps / 50
+
+    def alpha(step: int) -> float:  # cosine decay from alpha_hi to alpha_lo
+        return alpha_lo + 0.5 * (alpha_hi - alpha_lo) * (1 + math.cos(math.pi * step / max(1, cfg.steps - 1)))
+
+    def sampler(x: torch.Tensor) -> torch.Tensor:
+        return eot.render(x, eot.sample(dist, cfg.samples, cfg.texture_size, model.input_size, generator, device))
+
+    loss_fn = OBJECTIVES[cfg.loss]
+    objective = lambda logits, y: loss_fn(logits, y, targeted)  # noqa: E731
+    palette = default_palette().to(device)
+    regularisers = [(cfg.tv_weight, total_variation), (cfg.nps_weight, lambda x: non_printability(x, palette))]
+
+    def early_stop(history: list[StepReport]) -> bool:  # target held with margin for 20 straight steps
+        recent = history[-20:]
+        return cfg.early_stop and len(recent) == 20 and all(r.success >= 0.99 and r.margin >= 3.0 for r in recent)
+
+    with make_progress(disable=not show_progress) as progress:
+        task = progress.add_task("attack", total=cfg.steps, info="")
+
+        def report(r: StepReport) -> None:
+            progress.update(task, advance=1, info=f"loss {r.objective:+.3f} EOT success {r.success:.2f}")
+
+        t0 = time.time()
+        result: LoopResult = optimize(
+            model, clean, label, threat=threat, objective=objective, steps=cfg.steps, alpha=alpha, targeted=targeted,
+            sampler=sampler, regularisers=regularisers, random_start=cfg.patch_mode, generator=generator,
+            keep_best=True, early_stop=early_stop, callback=report,
+        )
+        optimise_seconds = time.time() - t0
+    adv = result.x.detach()
+
+    held_gen = torch.Generator(device=device).manual_seed(held_seed)
+    probs, preview_imgs, _ = evaluate_texture(model, adv, dist, cfg.eval_samples, held_gen)
+    held_gen = torch.Generator(device=device).manual_seed(held_seed)  # the same draws for the clean texture
+    clean_probs_eot, _, _ = evaluate_texture(model, clean, dist, cfg.eval_samples, held_gen)
+    metrics = _metrics(probs, clean_probs_eot, true_idx, target_idx, adv, clean, model.input_size, cfg.texture_size)
+    metrics.update(optimise_seconds=round(optimise_seconds, 2), steps_run=len(result.history), best_step=result.best_step,
+                   stopped_early=result.stopped_early, wall_seconds=round(time.time() - started, 2))
+
+    record = {
+        "schema": SCHEMA,
+        "kind": "attack",
+        "created": utc_now(),
+        "config": {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        "eps_effective": None if cfg.patch_mode else cfg.eps_value,
+        "threat": "patch" if cfg.patch_mode else cfg.norm,
+        "targeted": targeted,
+        "model": {"spec": model.spec, "input_size": model.input_size, "weights": model.card.weights},
+        "class_names": list(model.class_names),
+        "true_class": model.class_names[true_idx],
+        "target_class": model.class_names[target_idx] if targeted else None,
+        "clean_prediction": model.class_names[int(clean_probs.argmax())],
+        "eot_distribution": eot.distribution_to_dict(dist),
+        "seeds": {"seed": cfg.seed, "optimisation": opt_seed, "heldout": held_seed},
+        "patch_fraction": float(mask_np.mean()) if mask_np is not None else None,
+        "metrics": metrics,
+        "versions": software_versions(),
+        "device": str(device),
+    }
+    _write_run_dir(out, record, clean, adv, mask_np, result, preview_imgs, probs[: len(preview_imgs)], model.class_names,
+                   true_idx, target_idx)
+    return AttackResult(out, record)
+
+
+def _metrics(probs, clean_probs, true_idx, target_idx, adv, clean, input_size, texture_size) -> dict:
+    pred = probs.argmax(1)
+    n = len(pred)
+    hits = int((pred == target_idx).sum()) if target_idx is not None else int((pred != true_idx).sum())
+    clean_pred = clean_probs.argmax(1)
+    clean_hits = int((clean_pred == target_idx).sum()) if target_idx is not None else int((clean_pred != true_idx).sum())
+    delta = (adv - clean).cpu()
+    small = torch.nn.functional.adaptive_avg_pool2d(delta, input_size)
+    lo, hi = wilson_interval(hits, n)
+    return {
+        "eot_success": hits / n,
+        "eot_success_ci95": [round(lo, 4), round(hi, 4)],
+        "eot_samples": n,
+        "clean_eot_success": clean_hits / n,
+        "mean_target_prob": float(probs[:, target_idx].mean()) if target_idx is not None else None,
+        "mean_true_prob": float(probs[:, true_idx].mean()),
+        "clean_mean_true_prob": float(clean_probs[:, true_idx].mean()),
+        "linf_255": round(float(delta.abs().max()) * 255, 3),
+        "l2_texture": round(float(delta.norm()), 4),
+        "l2_at_input_size": round(float(small.norm()), 4),
+        "texture_size": texture_size,
+    }
+
+
+def _to_uint8(t: torch.Tensor) -> np.ndarray:
+    return (t.detach().clamp(0, 1).squeeze(0).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def _write_run_dir(out, record, clean, adv, mask, result, preview_imgs, preview_probs, class_names, true_idx, target_idx):
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save_png(tmp / "adversarial.png", _to_uint8(adv))
+        save_png(tmp / "clean.png", _to_uint8(clean))
+        save_png(tmp / "perturbation.png", perturbation_picture(_to_uint8(clean), _to_uint8(adv), mask))
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["step", "objective", "batch_success", "margin", "alpha"])
+        for r in result.history:
+            writer.writerow([r.step, f"{r.objective:.5f}", f"{r.success:.4f}", f"{r.margin:.4f}", f"{r.alpha:.6f}"])
+        atomic_write_bytes(tmp / "progress.csv", buf.getvalue().encode())
+        from physical_adv.attack.preview import eot_preview
+
+        eot_preview(tmp / "eot_preview.png", preview_imgs, preview_probs, class_names, true_idx, target_idx, record)
+        atomic_write_json(tmp / "attack.json", record)
+        if out.exists():
+            out.rmdir()  # checked empty before the run
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def perturbation_picture(clean: np.ndarray, adv: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """The change made visible: mid-grey + difference stretched to the full range (L∞/L2),
+    or the patch over a faded clean image (patch mode)."""
+    diff = adv.astype(np.float32) - clean.astype(np.float32)
+    if mask is not None:
+        faded = 255 - (255 - clean.astype(np.float32)) * 0.3
+        return np.where(mask[..., None] > 0, adv, faded).astype(np.uint8)
+    scale = 127.0 / max(1.0, float(np.abs(diff).max()))
+    return np.clip(128 + diff * scale, 0, 255).astype(np.uint8)
