@@ -39,7 +39,7 @@ def eot_preview(path: Path, images: torch.Tensor, probs: torch.Tensor, class_nam
     m = record["metrics"]
     goal = f"→ {record['target_class']}" if target_idx is not None else f"not {record['true_class']}"
     lo, hi = m["eot_success_ci95"]
-    fig.suptitle(f"{record['config']['eot']}: {goal}  success {m['eot_success']:.1%} [{lo:.1%}, {hi:.1%}] "
+    fig.suptitle(f"{record['eval_distribution']['name']}: {goal}  success {m['eot_success']:.1%} [{lo:.1%}, {hi:.1%}] "
                  f"on {m['eot_samples']} held-out draws", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()

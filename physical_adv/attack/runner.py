@@ -62,6 +62,7 @@ class AttackConfig:
     patch_area: float = 0.2
     patch_position: tuple[float, float] = (0.5, 0.5)
     eot: str = "print-camera"
+    eval_eot: str | None = None  # distribution of the held-out check (default: the same as eot)
     samples: int = 32
     steps: int = 300
     seed: int = 0
@@ -199,6 +200,7 @@ def run_attack(cfg: AttackConfig, show_progress: bool = True) -> AttackResult:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"output {out} already exists and is not an empty directory; choose another --out")
     dist = eot.load_distribution(cfg.eot)
+    eval_dist = eot.load_distribution(cfg.eval_eot) if cfg.eval_eot else dist
     source = load_image(cfg.source)
     texture_np = _square_texture(source, cfg.texture_size)
     mask_np = build_mask(cfg, cfg.texture_size)
@@ -265,9 +267,9 @@ def run_attack(cfg: AttackConfig, show_progress: bool = True) -> AttackResult:
     adv = result.x.detach()
 
     held_gen = torch.Generator(device=device).manual_seed(held_seed)
-    probs, preview_imgs, _ = evaluate_texture(model, adv, dist, cfg.eval_samples, held_gen)
+    probs, preview_imgs, _ = evaluate_texture(model, adv, eval_dist, cfg.eval_samples, held_gen)
     held_gen = torch.Generator(device=device).manual_seed(held_seed)  # the same draws for the clean texture
-    clean_probs_eot, _, _ = evaluate_texture(model, clean, dist, cfg.eval_samples, held_gen)
+    clean_probs_eot, _, _ = evaluate_texture(model, clean, eval_dist, cfg.eval_samples, held_gen)
     metrics = _metrics(probs, clean_probs_eot, true_idx, target_idx, adv, clean, model.input_size, cfg.texture_size)
     metrics.update(optimise_seconds=round(optimise_seconds, 2), steps_run=len(result.history), best_step=result.best_step,
                    stopped_early=result.stopped_early, wall_seconds=round(time.time() - started, 2))
@@ -286,6 +288,7 @@ def run_attack(cfg: AttackConfig, show_progress: bool = True) -> AttackResult:
         "target_class": model.class_names[target_idx] if targeted else None,
         "clean_prediction": model.class_names[int(clean_probs.argmax())],
         "eot_distribution": eot.distribution_to_dict(dist),
+        "eval_distribution": eot.distribution_to_dict(eval_dist),
         "seeds": {"seed": cfg.seed, "optimisation": opt_seed, "heldout": held_seed},
         "patch_fraction": float(mask_np.mean()) if mask_np is not None else None,
         "metrics": metrics,

@@ -1,0 +1,136 @@
+"""The print-and-photograph distribution: replayable draws, exact identity, gradients through every transform."""
+
+import numpy as np
+import pytest
+import torch
+
+from physical_adv.attack import eot
+from physical_adv.attack.jpeg import jpeg
+from physical_adv.errors import UserError
+from physical_adv.images import load_image, to_batch
+
+IDENTITY = eot.EOTDistribution(name="identity")
+
+# One distribution per transform, with only that transform switched on.
+SINGLE_TRANSFORMS = {
+    "scale": dict(scale=(0.7, 0.8)),
+    "rotation": dict(rotation=30.0),
+    "tilt": dict(tilt=40.0),
+    "translation": dict(translation=0.2),
+    "misalignment": dict(misalignment=0.05),
+    "saturation": dict(saturation=(0.3, 0.5)),
+    "ink_crosstalk": dict(ink_crosstalk=0.3),
+    "black_level": dict(black_level=(0.2, 0.3)),
+    "paper_white": dict(paper_white=(0.7, 0.8)),
+    "paper_tint": dict(paper_tint=0.3),
+    "dot_gain": dict(dot_gain=(0.8, 1.0)),
+    "exposure": dict(exposure=(0.5, 0.6)),
+    "brightness": dict(brightness=(0.1, 0.2)),
+    "contrast": dict(contrast=(0.5, 0.6)),
+    "gamma": dict(gamma=(1.5, 2.0)),
+    "white_balance": dict(white_balance=0.3),
+    "light_gradient": dict(light_gradient=0.8),
+    "defocus": dict(defocus=(1.0, 1.5)),
+    "motion_blur": dict(motion_blur=(3.0, 4.0), motion_blur_p=1.0),
+    "noise": dict(noise=(0.05, 0.06)),
+    "jpeg": dict(jpeg_quality=(20, 30), jpeg_p=1.0),
+}
+
+
+@pytest.fixture(scope="module")
+def texture():
+    return to_batch(load_image("sign:stop"), 128)
+
+
+def _draw(dist, n=4, seed=0, out=32, texture_size=128):
+    return eot.sample(dist, n, texture_size, out, torch.Generator().manual_seed(seed))
+
+
+def test_identity_is_an_exact_area_downsample(texture):
+    out = eot.render(texture, _draw(IDENTITY, n=2, out=32))
+    expected = torch.nn.functional.avg_pool2d(texture, 4)
+    assert out.shape == (2, 3, 32, 32)
+    assert torch.allclose(out, expected.expand(2, -1, -1, -1), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", eot.preset_names())
+def test_presets_load_and_render_batches_in_range(texture, name):
+    dist = eot.load_distribution(name)
+    out = eot.render(texture, _draw(dist, n=8))
+    assert out.shape == (8, 3, 32, 32)
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_same_seed_replays_the_same_draw(texture):
+    dist = eot.load_distribution("print-camera-hard")
+    a, b = eot.render(texture, _draw(dist, seed=5)), eot.render(texture, _draw(dist, seed=5))
+    c = eot.render(texture, _draw(dist, seed=6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("name", list(SINGLE_TRANSFORMS))
+def test_gradient_flows_through_each_transform(texture, name):
+    dist = eot.EOTDistribution(name=name, **SINGLE_TRANSFORMS[name])
+    params = _draw(dist, seed=1)
+    x = texture.clone().requires_grad_(True)
+    out = eot.render(x, params)
+    assert not torch.allclose(out, eot.render(texture, _draw(IDENTITY))), "the transform changed nothing"
+    weights = torch.linspace(-1, 1, out.numel()).view_as(out)  # a non-trivial upstream gradient
+    (out * weights).sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_warp_and_blur_pass_gradcheck_in_float64():
+    dist = eot.EOTDistribution(rotation=20.0, scale=(0.8, 0.9), defocus=(0.5, 1.0), motion_blur=(1.0, 2.0), motion_blur_p=1.0)
+    params = eot.sample(dist, 2, 16, 8, torch.Generator().manual_seed(0))
+    x = torch.rand(1, 3, 16, 16, dtype=torch.float64, requires_grad=True)
+
+    def f(t):
+        y = eot.warp_texture(t, params)
+        return eot._blur(y, params.blur_sigma.double(), params.motion_length.double(), params.motion_angle.double())
+
+    assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-5)
+
+
+def test_pyramid_level_follows_the_footprint():
+    far = eot.EOTDistribution(scale=(0.24, 0.26))
+    near = eot.EOTDistribution(scale=(0.99, 1.01))
+    assert set(eot.sample(far, 8, 512, 64, torch.Generator().manual_seed(0)).level.tolist()) == {5}
+    assert set(eot.sample(near, 8, 512, 64, torch.Generator().manual_seed(0)).level.tolist()) == {3}
+
+
+def test_jpeg_matches_a_real_codec_closely():
+    import cv2
+
+    img = cv2.resize(load_image("sign:speed limit 80"), (64, 64), interpolation=cv2.INTER_AREA)
+    for quality in (30, 75):
+        ours = jpeg(to_batch(img), torch.tensor([float(quality)]))[0].permute(1, 2, 0).numpy() * 255
+        ok, buf = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+        ref = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32)
+        assert np.abs(ours - ref).mean() < 2.5, quality  # the codec's own error is 5-11 grey levels
+
+
+def test_custom_toml_distribution(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('name = "mine"\n[geometry]\nrotation = 10\nscale = [0.9, 1.0]\n[compression]\njpeg_quality = [50, 60]\njpeg_p = 0.5\n')
+    dist = eot.load_distribution(str(path))
+    assert dist.name == "mine" and dist.rotation == 10 and dist.scale == (0.9, 1.0) and dist.jpeg_p == 0.5
+
+
+def test_unknown_preset_is_a_user_error():
+    with pytest.raises(UserError, match="unknown EOT preset"):
+        eot.load_distribution("print-and-pray")
+
+
+def test_unknown_toml_key_is_a_user_error(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[camera]\nfisheye = 2\n")
+    with pytest.raises(UserError, match="fisheye"):
+        eot.load_distribution(str(path))
+
+
+def test_bad_range_is_a_user_error(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[geometry]\nscale = [1.2, 0.8]\n")
+    with pytest.raises(UserError, match="scale"):
+        eot.load_distribution(str(path))
