@@ -151,10 +151,18 @@ def time_art(model, samples: int, repeats: int, device) -> float | None:
         EoTContrastPyTorch(nb_samples=1, contrast_factor=(0.7, 1.15), clip_values=clip),
         EoTGaussianNoisePyTorch(nb_samples=1, std=0.02, clip_values=clip),
     ]
-    clf = PyTorchClassifier(model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=(3, size, size),
+    class ChannelsLast(torch.nn.Module):  # ART's EoT transforms work on NHWC images
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model(x.permute(0, 3, 1, 2))
+
+    clf = PyTorchClassifier(model=ChannelsLast(), loss=torch.nn.CrossEntropyLoss(), input_shape=(size, size, 3),
                             nb_classes=len(model.class_names), clip_values=clip, preprocessing_defences=defences,
-                            device_type="gpu" if torch.device(device).type == "cuda" else "cpu")
-    x = to_batch(load_image("sign:stop"), size).numpy()
+                            channels_first=False, device_type="gpu" if torch.device(device).type == "cuda" else "cpu")
+    x = to_batch(load_image("sign:stop"), size).permute(0, 2, 3, 1).contiguous().numpy()
     y = torch.nn.functional.one_hot(torch.tensor([0]), len(model.class_names)).numpy()
     clf.loss_gradient(x, y)
     times = []

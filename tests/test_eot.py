@@ -87,7 +87,7 @@ def test_warp_and_blur_pass_gradcheck_in_float64():
 
     def f(t):
         y = eot.warp_texture(t, params)
-        return eot._blur(y, params.blur_sigma.double(), params.motion_length.double(), params.motion_angle.double())
+        return eot._blur(y, params.blur_sigma.double(), params.motion_length.double(), params.motion_angle.double(), params.blur_radius)
 
     assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-5)
 

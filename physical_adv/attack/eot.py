@@ -15,10 +15,11 @@ model's input size in a fixed, short sequence of batched ops:
    and tint, white balance, exposure, contrast and brightness are all affine in colour,
    so they are folded at sampling time into one 3×3 matrix + offset per sample;
 3. **light** — a linear lighting gradient, then gamma;
-4. **optics** — dot gain, defocus (Gaussian) and motion blur (a line) multiplied into one
-   transfer function and applied with one FFT pair;
+4. **optics** — dot gain, defocus (Gaussian) and motion blur (a line) combined into one
+   point-spread function per sample and applied as one depthwise convolution;
 5. **sensor** — additive Gaussian noise;
-6. **compression** — differentiable JPEG (:mod:`physical_adv.attack.jpeg`).
+6. **compression** — the JPEG round trip of :mod:`physical_adv.attack.jpeg` in the forward
+   pass, with a straight-through (identity) backward pass (BPDA).
 
 Everything is differentiable with respect to the texture.
 """
@@ -32,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from physical_adv.attack.jpeg import jpeg
+from physical_adv.attack.jpeg import jpeg_straight_through
 from physical_adv.errors import UserError
 
 try:
@@ -186,6 +187,7 @@ class EOTParams:
     motion_angle: torch.Tensor  # (N,)
     noise: torch.Tensor  # (N, 3, S, S) already scaled by each sample's sigma
     jpeg_quality: torch.Tensor  # (N,) 0 = no JPEG
+    blur_radius: int = 0  # kernel radius of the blur; 0 = this draw does not blur
 
     def __len__(self) -> int:
         return int(self.grid_h.shape[0])
@@ -281,6 +283,7 @@ def sample(
         out_size=out_size, grid_h=grid_h[order], level=level[order], colour_a=a[order], colour_b=b[order],
         gradient=gradient[order], gamma=gamma[order], blur_sigma=blur_sigma[order], motion_length=motion[order],
         motion_angle=motion_angle[order], noise=noise[order], jpeg_quality=quality[order],
+        blur_radius=blur_radius(dist) if bool((blur_sigma > 0).any() or (motion > 0).any()) else 0,
     )
 
 
@@ -297,11 +300,11 @@ def warp_texture(texture: torch.Tensor, params: EOTParams) -> torch.Tensor:
     mapped = params.grid_h.to(texture.dtype) @ pix  # (N, 3, out²)
     grid = (mapped[:, :2] / mapped[:, 2:].clamp_min(1e-8)).transpose(1, 2).reshape(-1, out, out, 2)
     levels = params.level.tolist()
-    pieces, start, level_img, current = [], 0, texture - 1.0, 0  # sample (x − 1) so zero padding is white
+    pieces, start = [], 0
+    shifted = texture - 1.0  # sample (x − 1) so that zero padding reads as paper white
     for lvl in sorted(set(levels)):
-        while current < lvl:
-            level_img = F.avg_pool2d(level_img, 2)
-            current += 1
+        # level l of the area pyramid, pooled straight from the texture (one op, one backward)
+        level_img = F.avg_pool2d(shifted, 2**lvl) if lvl else shifted
         count = levels.count(lvl)
         g = grid[start : start + count]
         pieces.append(F.grid_sample(level_img.expand(count, -1, -1, -1), g, mode="bilinear", padding_mode="zeros", align_corners=False))
@@ -309,20 +312,42 @@ def warp_texture(texture: torch.Tensor, params: EOTParams) -> torch.Tensor:
     return torch.cat(pieces, 0) + 1.0
 
 
-def _blur(images: torch.Tensor, sigma: torch.Tensor, length: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
-    """Per-sample Gaussian × line blur as one transfer function, via FFT with edge padding."""
-    n, _, h, w = images.shape
-    pad = int(math.ceil(3 * float(sigma.max()) + float(length.max()) / 2)) + 1
-    x = F.pad(images, (pad, pad, pad, pad), mode="replicate")
-    hp, wp = h + 2 * pad, w + 2 * pad
-    fy = torch.fft.fftfreq(hp, device=x.device, dtype=x.dtype).view(1, hp, 1)
-    fx = torch.fft.rfftfreq(wp, device=x.device, dtype=x.dtype).view(1, 1, -1)
-    s2 = (sigma.to(x.dtype) ** 2).view(n, 1, 1)
-    otf = torch.exp(-2 * math.pi**2 * s2 * (fx**2 + fy**2))
-    along = fx * torch.cos(angle).to(x.dtype).view(n, 1, 1) + fy * torch.sin(angle).to(x.dtype).view(n, 1, 1)
-    otf = otf * torch.sinc(length.to(x.dtype).view(n, 1, 1) * along)
-    blurred = torch.fft.irfft2(torch.fft.rfft2(x) * otf.unsqueeze(1), s=(hp, wp))
-    return blurred[:, :, pad : pad + h, pad : pad + w]
+def blur_radius(dist: EOTDistribution) -> int:
+    """Kernel radius that holds the widest point-spread function ``dist`` can draw."""
+    sigma = math.hypot(dist.dot_gain[1], dist.defocus[1])
+    return max(1, int(math.ceil(max(3 * sigma, dist.motion_blur[1] / 2 + 3 * MIN_BLUR_SIGMA))))
+
+
+MIN_BLUR_SIGMA = 0.4  # pixels: the least blur a blurring draw applies (a lens is never perfect)
+_LINE_POINTS = 7
+
+
+def blur_kernels(sigma: torch.Tensor, length: torch.Tensor, angle: torch.Tensor, radius: int) -> torch.Tensor:
+    """Per-sample point-spread functions ``(N, 2r+1, 2r+1)``: a Gaussian of ``sigma`` swept along
+    a line of ``length`` pixels at ``angle`` (motion), normalised to sum 1. Built from
+    ``_LINE_POINTS`` Gaussians along the line, all in one elementwise expression."""
+    n, k = sigma.shape[0], 2 * radius + 1
+    c = torch.arange(k, device=sigma.device, dtype=sigma.dtype) - radius
+    yy, xx = torch.meshgrid(c, c, indexing="ij")
+    t = torch.linspace(-0.5, 0.5, _LINE_POINTS, device=sigma.device, dtype=sigma.dtype).view(1, -1, 1, 1)
+    along = t * length.view(n, 1, 1, 1)
+    px, py = along * torch.cos(angle).view(n, 1, 1, 1), along * torch.sin(angle).view(n, 1, 1, 1)
+    s2 = 2 * sigma.clamp_min(MIN_BLUR_SIGMA).view(n, 1, 1, 1) ** 2
+    psf = torch.exp(-((xx - px) ** 2 + (yy - py) ** 2) / s2).sum(1)
+    return psf / psf.sum((1, 2), keepdim=True)
+
+
+def _blur(images: torch.Tensor, sigma: torch.Tensor, length: torch.Tensor, angle: torch.Tensor, radius: int) -> torch.Tensor:
+    """Per-sample blur (dot gain, defocus, motion) as one depthwise convolution.
+
+    At these sizes a depthwise convolution with a kernel fixed by the distribution costs a
+    fifth of an FFT pair, and a fixed kernel size lets oneDNN reuse its plan every step.
+    """
+    n, ch, h, w = images.shape
+    psf = blur_kernels(sigma.to(images.dtype), length.to(images.dtype), angle.to(images.dtype), radius)
+    weight = psf.repeat_interleave(ch, 0).unsqueeze(1)  # (N·C, 1, k, k)
+    padded = F.pad(images, (radius,) * 4, mode="replicate").reshape(1, n * ch, h + 2 * radius, w + 2 * radius)
+    return F.conv2d(padded, weight, groups=n * ch).reshape(n, ch, h, w)
 
 
 def render(texture: torch.Tensor, params: EOTParams) -> torch.Tensor:
@@ -345,15 +370,15 @@ def render(texture: torch.Tensor, params: EOTParams) -> torch.Tensor:
         ramp = 1 + params.gradient[:, 0].view(n, 1, 1) * coords.view(1, 1, w) + params.gradient[:, 1].view(n, 1, 1) * coords.view(1, h, 1)
         x = x * ramp.unsqueeze(1)
     if bool((params.gamma != 1).any()):
-        x = x.clamp(1e-4, 1) ** params.gamma.to(x.dtype).view(n, 1, 1, 1)
-    if bool((params.blur_sigma > 0).any() or (params.motion_length > 0).any()):
-        x = _blur(x, params.blur_sigma, params.motion_length, params.motion_angle)
+        x = x.clamp_min(1e-4) ** params.gamma.to(x.dtype).view(n, 1, 1, 1)
+    if params.blur_radius:
+        x = _blur(x, params.blur_sigma, params.motion_length, params.motion_angle, params.blur_radius)
     x = (x + params.noise.to(x.dtype)).clamp(0, 1)
     jpeg_rows = params.jpeg_quality > 0
     if bool(jpeg_rows.any()):
         if bool(jpeg_rows.all()):
-            x = jpeg(x, params.jpeg_quality)
+            x = jpeg_straight_through(x, params.jpeg_quality)
         else:
             idx = jpeg_rows.nonzero().squeeze(1)
-            x = x.index_copy(0, idx, jpeg(x.index_select(0, idx), params.jpeg_quality.index_select(0, idx)))
+            x = x.index_copy(0, idx, jpeg_straight_through(x.index_select(0, idx), params.jpeg_quality.index_select(0, idx)))
     return x

@@ -52,6 +52,8 @@ def quality_tables(quality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def diff_round(x: torch.Tensor) -> torch.Tensor:
     """Rounding with a useful gradient (Shin & Song 2017): exact value, cubic surrogate slope."""
     r = torch.round(x).detach()
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return r
     return r + (x - r) ** 3 - (x.detach() - r) ** 3
 
 
@@ -96,3 +98,14 @@ def jpeg(images: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     ycc = torch.cat([luma, chroma], 1)
     rgb = torch.einsum("ij,njhw->nihw", torch.linalg.inv(m), ycc) / 255.0
     return rgb[:, :, :h, :w].clamp(0, 1)
+
+
+def jpeg_straight_through(images: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+    """JPEG in the forward pass, identity in the backward pass (BPDA, Athalye et al. 2018).
+
+    The EOT renderer uses this: the forward pass is the real codec round trip, and skipping
+    the backward of the quantisation surrogate halves the codec's cost per step.
+    """
+    with torch.no_grad():
+        compressed = jpeg(images, quality)
+    return images + (compressed - images).detach()
