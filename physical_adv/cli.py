@@ -164,6 +164,25 @@ def attack_cmd(
                f"(95% CI {lo:.1%}–{hi:.1%}; clean image: {m['clean_eot_success']:.1%}); {m['wall_seconds']:.0f} s")
 
 
+@app.command("sheet")
+def sheet_cmd(
+    runs: List[str] = typer.Argument(..., help="Attack run directories (each gives a tile, plus its clean control)."),
+    template: str = typer.Option("a4", "--template", help="a4, letter, or a template .toml file."),
+    tile_mm: Optional[float] = typer.Option(None, "--tile-mm", help="Tile side in millimetres (default: the template's)."),
+    no_controls: bool = typer.Option(False, "--no-controls", help="Leave out the clean control tiles."),
+    out: Path = typer.Option(Path("sheet.pdf"), "--out", "-o", help="The PDF to write; the manifest NAME.json and previews NAME-pageN.png go beside it."),
+) -> None:
+    """Lay attack runs out on a printable PDF with ArUco markers, at exact physical size."""
+    from physical_adv.sheet import SheetConfig, make_sheet
+
+    cfg = build(SheetConfig, runs=tuple(runs), out=out, template=template, tile_mm=tile_mm, controls=not no_controls)
+    sheet = make_sheet(cfg)
+    m = sheet.manifest
+    typer.echo(f"{sheet.pdf}: sheet {m['sheet_id']}, {len(m['tiles'])} tiles on {m['pages']} page(s); "
+               f"manifest {sheet.manifest_path}; preview {', '.join(str(p) for p in sheet.previews)}")
+    typer.echo("Print at 100 % (actual size) and check the 100 mm scale bar with a ruler.")
+
+
 @app.command("train-signs")
 def train_signs_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the weights (.safetensors; a .json record goes beside it)."),

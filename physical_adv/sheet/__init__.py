@@ -1,0 +1,144 @@
+"""``physical-adv sheet``: attack runs → a printable PDF with markers, and its manifest.
+
+The manifest (``NAME.json``, schema 1) is everything capture needs; coordinates are in
+millimetres from each page's top-left corner, x to the right, y down.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+
+from physical_adv.artifacts import atomic_write_bytes, software_versions, utc_now
+from physical_adv.errors import UserError
+from physical_adv.images import load_image
+from physical_adv.markers import DEFAULT_DICTIONARY, dictionary_size
+from physical_adv.sheet.layout import Template, load_template, place
+from physical_adv.sheet.render import render_pages
+from physical_adv.sheet.writer import write_pdf
+
+SCHEMA = 1
+PREVIEW_DPI = 100
+
+
+@dataclass(frozen=True)
+class SheetConfig:
+    runs: tuple[str, ...]
+    out: Path = Path("sheet.pdf")
+    template: str = "a4"
+    tile_mm: float | None = None
+    controls: bool = True
+    dictionary: str = DEFAULT_DICTIONARY
+    previews: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.runs:
+            raise ValueError("give at least one run directory")
+        if Path(self.out).suffix.lower() != ".pdf":
+            raise ValueError(f"--out must end in .pdf, got {self.out}")
+        if self.tile_mm is not None and not 10 <= self.tile_mm <= 1000:
+            raise ValueError(f"tile size must be in [10, 1000] mm, got {self.tile_mm:g}")
+
+
+@dataclass
+class Sheet:
+    pdf: Path
+    manifest_path: Path
+    manifest: dict
+    previews: list[Path] = field(default_factory=list)
+
+
+def _read_run(run: str) -> dict:
+    path = Path(run)
+    if not path.is_dir():
+        raise UserError(f"run directory not found: {path}")
+    record_path = path / "attack.json"
+    if not record_path.is_file():
+        raise UserError(f"{path} is not an attack run directory (no attack.json)")
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read {record_path}: {exc}") from None
+    for key in ("model", "true_class", "class_names"):
+        if key not in record:
+            raise UserError(f"{record_path} lacks {key!r}; is it from physical-adv attack?")
+    images = {}
+    for name in ("adversarial.png", "clean.png"):
+        if not (path / name).is_file():
+            raise UserError(f"{path} lacks {name}")
+        images[name] = load_image(path / name)
+        images[name + ":sha256"] = hashlib.sha256((path / name).read_bytes()).hexdigest()
+    return {"path": str(path), "record": record, **images}
+
+
+def make_sheet(cfg: SheetConfig) -> Sheet:
+    """Lay out the runs of ``cfg`` and write ``OUT.pdf``, ``OUT.json`` and page previews.
+
+    Nothing is written unless everything succeeds (temporary files, then renames).
+    """
+    template: Template = load_template(cfg.template, cfg.tile_mm)
+    runs = [_read_run(r) for r in cfg.runs]
+    tiles_src = []
+    for run in runs:
+        tiles_src.append((run, "adversarial"))
+        if cfg.controls:
+            tiles_src.append((run, "clean"))
+    capacity = dictionary_size(cfg.dictionary) // 4
+    if len(tiles_src) > capacity:
+        raise UserError(f"{len(tiles_src)} tiles need {4 * len(tiles_src)} markers but {cfg.dictionary} has "
+                        f"{4 * capacity}; split the runs over several sheets")
+    slots = place(template, len(tiles_src))
+    digest = hashlib.sha256()
+    for run, kind in tiles_src:
+        digest.update(run[f"{kind}.png:sha256"].encode())
+    digest.update(json.dumps([template.name, template.tile_mm, cfg.dictionary]).encode())
+    sheet_id = digest.hexdigest()[:8]
+    tiles, markers, images, models = [], [], {}, {}
+    for n, ((run, kind), slot) in enumerate(zip(tiles_src, slots)):
+        rec = run["record"]
+        tile_id = f"{n + 1:02d}"
+        ids = list(range(4 * n, 4 * n + 4))
+        img = run[f"{kind}.png"]
+        tiles.append({
+            "tile_id": tile_id, "page": slot.page, "kind": kind, "run": run["path"],
+            "model": rec["model"]["spec"], "true_class": rec["true_class"], "target_class": rec.get("target_class"),
+            "bbox_mm": list(slot.tile), "marker_ids": ids, "image_sha256": run[f"{kind}.png:sha256"],
+            "image_px": [int(img.shape[1]), int(img.shape[0])],
+            "dpi": round(img.shape[1] / (slot.tile[2] / 25.4), 1),
+            "threat": rec.get("threat"), "eot": rec.get("config", {}).get("eot"),
+        })
+        for marker_id, centre in zip(ids, slot.markers):
+            markers.append({"id": marker_id, "page": slot.page, "center_mm": list(centre), "size_mm": template.marker_mm})
+        images[tile_id] = img
+        models[rec["model"]["spec"]] = {"class_names": rec["class_names"], "input_size": rec["model"].get("input_size")}
+    manifest = {
+        "schema": SCHEMA, "sheet_id": sheet_id, "created": utc_now(),
+        "page": {"size_mm": list(template.page_mm)}, "pages": max(s.page for s in slots),
+        "aruco_dictionary": cfg.dictionary, "marker_layout": "tile corners, order TL TR BR BL",
+        "template": {k: (list(v) if isinstance(v, tuple) else v) for k, v in template.__dict__.items()},
+        "markers": markers, "tiles": tiles, "models": models, "versions": software_versions(),
+    }
+    return _write_outputs(cfg, manifest, images, template)
+
+
+def _write_outputs(cfg: SheetConfig, manifest: dict, images: dict, template: Template) -> Sheet:
+    pdf = Path(cfg.out)
+    pdf.parent.mkdir(parents=True, exist_ok=True)
+    manifest_path = pdf.with_suffix(".json")
+    previews = [pdf.with_name(f"{pdf.stem}-page{p}.png") for p in range(1, manifest["pages"] + 1)] if cfg.previews else []
+    with tempfile.TemporaryDirectory(prefix=f".{pdf.stem}.", dir=pdf.parent) as tmp:
+        tmp_pdf = Path(tmp) / pdf.name
+        write_pdf(tmp_pdf, manifest, images, template, title=f"physical-adv sheet {manifest['sheet_id']}")
+        rendered = render_pages(tmp_pdf, PREVIEW_DPI) if previews else []
+        # everything is built; now put it in place (PDF last, so a present PDF implies the rest)
+        for path, page in zip(previews, rendered):
+            ok, buf = cv2.imencode(".png", page)
+            atomic_write_bytes(path, buf.tobytes())
+        atomic_write_bytes(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
+        tmp_pdf.replace(pdf)
+    return Sheet(pdf, manifest_path, manifest, previews)

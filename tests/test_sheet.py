@@ -1,0 +1,177 @@
+"""Sheets: exact physical placement of markers and tiles, lossless images, clean failures."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from physical_adv.attack.runner import AttackConfig, run_attack
+from physical_adv.cli import main
+from physical_adv.markers import detect
+from physical_adv.sheet import SheetConfig, make_sheet
+from physical_adv.sheet.render import render_pages
+
+DPI = 600
+PX_PER_MM = DPI / 25.4
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    out = []
+    for name, extra in (("stop", {}), ("yield", {"target": "no entry", "patch": "circle"})):
+        cfg = AttackConfig(source=f"sign:{name}", out=root / name, steps=2, samples=4, eval_samples=10, texture_size=256, device="cpu", **extra)
+        out.append(str(run_attack(cfg, show_progress=False).out))
+    return out
+
+
+@pytest.fixture(scope="module", params=["a4", "letter"])
+def sheet(request, runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"sheet-{request.param}") / "s.pdf"
+    return make_sheet(SheetConfig(runs=tuple(runs), out=out, template=request.param))
+
+
+@pytest.fixture(scope="module")
+def page600(sheet):
+    return render_pages(sheet.pdf, DPI)[0]
+
+
+def test_manifest_has_the_documented_shape(sheet):
+    m = json.loads(sheet.manifest_path.read_text())
+    assert m["schema"] == 1 and m["pages"] == 1 and m["aruco_dictionary"].startswith("DICT_")
+    assert {"sheet_id", "created", "page", "markers", "tiles"} <= set(m)
+    kinds = [t["kind"] for t in m["tiles"]]
+    assert kinds == ["adversarial", "clean", "adversarial", "clean"]
+    for t in m["tiles"]:
+        assert {"tile_id", "page", "kind", "run", "model", "true_class", "target_class", "bbox_mm", "marker_ids", "image_sha256"} <= set(t)
+        assert len(t["marker_ids"]) == 4
+    ids = [mk["id"] for mk in m["markers"]]
+    assert len(ids) == len(set(ids)) == 16
+    assert m["tiles"][2]["target_class"] == "no entry" and m["tiles"][0]["target_class"] is None
+
+
+def test_page_size_is_the_templates(sheet):
+    import pypdfium2
+
+    pdf = pypdfium2.PdfDocument(str(sheet.pdf))
+    w_pt, h_pt = pdf[0].get_size()
+    w_mm, h_mm = sheet.manifest["page"]["size_mm"]
+    assert abs(w_pt / 72 * 25.4 - w_mm) < 0.05 and abs(h_pt / 72 * 25.4 - h_mm) < 0.05
+    pdf.close()
+
+
+def test_every_marker_is_where_the_manifest_says_within_0_3_mm(sheet, page600):
+    found = {d.marker_id: d for d in detect(page600)}
+    for marker in sheet.manifest["markers"]:
+        d = found.get(marker["id"])
+        assert d is not None, f"marker {marker['id']} not detected"
+        centre_mm = (d.centre + 0.5) / PX_PER_MM  # pixel centres are at integer + 0.5 of the page's mm grid
+        assert np.abs(centre_mm - np.array(marker["center_mm"])).max() < 0.3, (marker, centre_mm)
+        sides = np.linalg.norm(np.roll(d.corners, -1, 0) - d.corners, axis=1) / PX_PER_MM
+        # detected corners sit on the outer black border's edge
+        assert np.abs(sides - marker["size_mm"]).max() < 0.3, (marker["id"], sides)
+
+
+def test_no_embedded_image_is_lossy(sheet):
+    import pypdfium2
+    import pypdfium2.raw as raw
+
+    pdf = pypdfium2.PdfDocument(str(sheet.pdf))
+    images = [obj for obj in pdf[0].get_objects() if obj.type == raw.FPDF_PAGEOBJ_IMAGE]
+    assert len(images) == 4
+    for obj in images:
+        filters = obj.get_filters()
+        assert not {"DCTDecode", "JPXDecode"} & set(filters), filters
+        w, h = obj.get_px_size()
+        assert (w, h) == (256, 256)  # embedded at its own resolution
+    pdf.close()
+
+
+def test_tile_cut_back_out_matches_the_run_image(sheet, page600):
+    for tile in sheet.manifest["tiles"]:
+        x, y, w, h = (v * PX_PER_MM for v in tile["bbox_mm"])
+        name = "adversarial.png" if tile["kind"] == "adversarial" else "clean.png"
+        src = cv2.imread(f"{tile['run']}/{name}")
+        # map each page pixel centre inside the bbox back to the source image exactly
+        k = src.shape[1] / w
+        x0, y0 = int(np.ceil(x)) + 1, int(np.ceil(y)) + 1
+        cw, ch = int(w) - 3, int(h) - 3
+        crop = page600[y0 : y0 + ch, x0 : x0 + cw].astype(np.float32)
+        m = np.float32([[k, 0, (x0 + 0.5 - x) * k - 0.5], [0, k, (y0 + 0.5 - y) * k - 0.5]])
+        expected = cv2.warpAffine(src, m, (cw, ch), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP).astype(np.float32)
+        # the viewer's own upsampling kernel is not ours: compare at the scale of one source pixel
+        sigma = 1 / k
+        mad = np.abs(cv2.GaussianBlur(crop, (0, 0), sigma) - cv2.GaussianBlur(expected, (0, 0), sigma)).mean()
+        assert mad < 2.0, (tile["tile_id"], mad)  # grey levels, i.e. under 2/255
+
+
+def test_markers_survive_a_small_tilted_photo(sheet):
+    """The sheet fills a third of a 720p frame (by area) and is tilted by 40° about its vertical axis."""
+    page = render_pages(sheet.pdf, 200)[0]
+    h, w = page.shape[:2]
+    frame_w, frame_h = 1280, 720
+    target_h = np.sqrt(frame_w * frame_h / 3 * h / w)
+    target_w = target_h * w / h
+    squeeze = np.cos(np.radians(40))
+    cx, cy = frame_w / 2, frame_h / 2
+    taper = 0.12  # far edge shorter, as perspective makes it
+    dst = np.float32([
+        [cx - target_w * squeeze / 2, cy - target_h / 2],
+        [cx + target_w * squeeze / 2, cy - target_h * (1 - taper) / 2],
+        [cx + target_w * squeeze / 2, cy + target_h * (1 - taper) / 2],
+        [cx - target_w * squeeze / 2, cy + target_h / 2],
+    ])
+    src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+    hom = cv2.getPerspectiveTransform(src, dst)
+    small = cv2.resize(page, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+    scale = np.diag([2.0, 2.0, 1.0]).astype(np.float64)
+    frame = cv2.warpPerspective(small, hom @ scale, (frame_w, frame_h), flags=cv2.INTER_AREA, borderValue=(90, 110, 100))
+    found = {d.marker_id for d in detect(frame)}
+    expected = {m["id"] for m in sheet.manifest["markers"]}
+    assert expected <= found, sorted(expected - found)
+
+
+def run_cli(capsys, *args):
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    return exc.value.code, capsys.readouterr().err
+
+
+def assert_clean_failure(code, err, fragment, out):
+    assert code == 2 and err.startswith("physical-adv: error:") and fragment in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+def test_missing_run_directory_fails_cleanly(capsys, tmp_path):
+    out = tmp_path / "x.pdf"
+    code, err = run_cli(capsys, "sheet", str(tmp_path / "nope"), "--out", str(out))
+    assert_clean_failure(code, err, "run directory not found", out)
+
+
+def test_invalid_run_directory_fails_cleanly(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "x.pdf"
+    code, err = run_cli(capsys, "sheet", str(tmp_path / "empty"), "--out", str(out))
+    assert_clean_failure(code, err, "not an attack run directory", out)
+
+
+def test_unknown_template_lists_the_available_ones(capsys, runs, tmp_path):
+    out = tmp_path / "x.pdf"
+    code, err = run_cli(capsys, "sheet", runs[0], "--template", "a3-landscape", "--out", str(out))
+    assert_clean_failure(code, err, "available: a4, letter", out)
+
+
+def test_tiles_that_do_not_fit_fail_cleanly(capsys, runs, tmp_path):
+    out = tmp_path / "x.pdf"
+    code, err = run_cli(capsys, "sheet", runs[0], "--tile-mm", "250", "--out", str(out))
+    assert_clean_failure(code, err, "smaller --tile-mm", out)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_many_runs_fill_several_pages_with_unique_markers(runs, tmp_path):
+    sheet = make_sheet(SheetConfig(runs=tuple(runs * 3), out=tmp_path / "big.pdf", previews=False))
+    assert sheet.manifest["pages"] == 3
+    ids = [m["id"] for m in sheet.manifest["markers"]]
+    assert len(ids) == len(set(ids)) == 48
