@@ -183,6 +183,59 @@ def sheet_cmd(
     typer.echo("Print at 100 % (actual size) and check the 100 mm scale bar with a ruler.")
 
 
+@app.command("simulate")
+def simulate_cmd(
+    pdf: Path = typer.Argument(..., help="The sheet PDF."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the photos and ground_truth.json."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="The sheet manifest (default: the PDF's NAME.json)."),
+    n: int = typer.Option(50, "--n", help="Number of photos."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the print and every photo."),
+    video: Optional[Path] = typer.Option(None, "--video", help="Also write the photos as a 30 fps MP4 video."),
+    max_tilt: float = typer.Option(45.0, "--max-tilt", help="Largest tilt of the sheet, degrees."),
+) -> None:
+    """Make realistic 1280x720 photos of a printed sheet (printer + camera model), with ground truth."""
+    from physical_adv.simulate import SimulateConfig, simulate
+
+    cfg = build(SimulateConfig, pdf=pdf, out=out, manifest=manifest, n=n, seed=seed, video=video, max_tilt=max_tilt)
+    simulate(cfg)
+    typer.echo(f"{out}: {n} photos + ground_truth.json" + (f"; video {video}" if video else ""))
+
+
+@app.command("capture")
+def capture_cmd(
+    sheet: Path = typer.Option(..., "--sheet", help="The sheet manifest (NAME.json written by `sheet`)."),
+    camera: Optional[int] = typer.Option(None, "--camera", help="Webcam index (0 is usually the built-in one)."),
+    video: Optional[Path] = typer.Option(None, "--video", help="A video file."),
+    images: Optional[Path] = typer.Option(None, "--images", help="A folder of photos (sorted by name)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model spec (default: the one named in the manifest)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Session folder (default captures/<timestamp>)."),
+    no_window: bool = typer.Option(False, "--no-window", help="No live window (also automatic without a display)."),
+    every: int = typer.Option(30, "--every", help="From a live camera, save every N-th frame as JPEG."),
+    tag: List[str] = typer.Option([], "--tag", help="KEY=VALUE recorded with the session (e.g. angle=30, light=dim); repeatable."),
+    crop: str = typer.Option("rectified", "--crop", help="rectified (un-warp each tile by its markers) or box (raw bounding box)."),
+    save_frames: bool = typer.Option(False, "--save-frames", help="Also copy frames from a video or photo folder."),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after this many frames."),
+    device: str = DeviceOpt,
+) -> None:
+    """Read photos of a printed sheet, find and rectify each tile, classify it and log the result."""
+    from physical_adv.capture import CaptureConfig, run_capture
+
+    tags = []
+    for t in tag:
+        key, sep, value = t.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--tag must be KEY=VALUE, got {t!r}")
+        tags.append((key.strip(), value.strip()))
+    cfg = build(CaptureConfig, sheet=sheet, camera=camera, video=video, images=images, model=model, out=out,
+                window=not no_window, every=every, tags=tuple(tags), crop=crop, save_frames=save_frames,
+                device=device, max_frames=max_frames)
+    result = run_capture(cfg)
+    typer.echo(f"{result.out}: {result.frames} frames at {result.fps:.1f} fps")
+    for tid, c in result.counts.items():
+        rate = f"{c['fooled'] / c['found']:.0%}" if c["found"] else "-"
+        typer.echo(f"  tile {tid}: found in {c['found']}/{c['frames']} frames, not its true class in {c['fooled']} ({rate})")
+
+
 @app.command("train-signs")
 def train_signs_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the weights (.safetensors; a .json record goes beside it)."),
