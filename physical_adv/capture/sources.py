@@ -44,11 +44,11 @@ class ImageFolder(Source):
         entries = sorted(p for p in self.folder.iterdir() if p.is_file())
         self.files = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
         skipped = [p.name for p in entries if p.suffix.lower() not in IMAGE_SUFFIXES]
-        if skipped:
-            console.print(f"[yellow]warning:[/] skipping {len(skipped)} non-image file(s) in {self.folder}: {', '.join(skipped[:5])}"
-                          + (" …" if len(skipped) > 5 else ""))
         if not self.files:
             raise UserError(f"no images in {self.folder}")
+        if skipped:
+            console.print(f"[yellow]warning:[/] skipping {len(skipped)} non-image file(s) in {self.folder}: {', '.join(skipped[:5])}"
+                          + (" …" if len(skipped) > 5 else ""), soft_wrap=True)
 
     def frames(self):
         for path in self.files:
