@@ -236,6 +236,42 @@ def capture_cmd(
         typer.echo(f"  tile {tid}: found in {c['found']}/{c['frames']} frames, not its true class in {c['fooled']} ({rate})")
 
 
+@app.command("report")
+def report_cmd(
+    captures: List[Path] = typer.Argument(..., help="Capture session folders (several sessions of one sheet are pooled)."),
+    as_json: bool = typer.Option(False, "--json", help="Also print report.json on stdout."),
+    html_out: Optional[Path] = typer.Option(None, "--html", help="Where to write the HTML report (default: report.html in the first capture folder)."),
+    by: Optional[str] = typer.Option(None, "--by", help="Break the rates down by this capture tag (e.g. angle, light)."),
+) -> None:
+    """Survival rates per tile and run, with 95 % Wilson intervals: terminal table, report.json, report.html."""
+    from physical_adv.report import compute_report, pool, write_report_json
+    from physical_adv.report.html import write_html
+    from physical_adv.report.table import print_table
+
+    obs = pool([str(c) for c in captures])
+    report = compute_report(obs, by=by)
+    json_paths = write_report_json(report, captures)
+    html_path = html_out or Path(captures[0]) / "report.html"
+    write_html(html_path, report, obs)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        print_table(report)
+        typer.echo(f"wrote {', '.join(str(p) for p in json_paths)} and {html_path}")
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("demo"), "--out", "-o", help="Folder for everything the demo makes."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = DeviceOpt,
+) -> None:
+    """The whole pipeline on the embedded model: attack a stop sign twice, print a sheet, photograph it (simulated), capture, report."""
+    from physical_adv.demo import DemoConfig, run_demo
+
+    run_demo(build(DemoConfig, out=out, seed=seed, device=device))
+
+
 @app.command("train-signs")
 def train_signs_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the weights (.safetensors; a .json record goes beside it)."),

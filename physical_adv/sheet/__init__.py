@@ -98,6 +98,7 @@ def make_sheet(cfg: SheetConfig) -> Sheet:
         digest.update(run[f"{kind}.png:sha256"].encode())
     digest.update(json.dumps([template.name, template.tile_mm, cfg.dictionary]).encode())
     sheet_id = digest.hexdigest()[:8]
+    digital = _digital_predictions(tiles_src)
     tiles, markers, images, models = [], [], {}, {}
     for n, ((run, kind), slot) in enumerate(zip(tiles_src, slots)):
         rec = run["record"]
@@ -111,6 +112,7 @@ def make_sheet(cfg: SheetConfig) -> Sheet:
             "image_px": [int(img.shape[1]), int(img.shape[0])],
             "dpi": round(img.shape[1] / (slot.tile[2] / 25.4), 1),
             "threat": rec.get("threat"), "eot": rec.get("config", {}).get("eot"),
+            "digital": digital[n],
         })
         for marker_id, centre in zip(ids, slot.markers):
             markers.append({"id": marker_id, "page": slot.page, "center_mm": list(centre), "size_mm": template.marker_mm})
@@ -124,6 +126,31 @@ def make_sheet(cfg: SheetConfig) -> Sheet:
         "markers": markers, "tiles": tiles, "models": models, "versions": software_versions(),
     }
     return _write_outputs(cfg, manifest, images, template)
+
+
+def _digital_predictions(tiles_src: list) -> list[dict | None]:
+    """Each tile's top-5 on its own image, digitally (area-downsampled to the model input): the
+    baseline that Kurakin et al.'s destruction rate compares photographs against."""
+    import torch
+
+    from physical_adv.classify import top_k
+    from physical_adv.images import to_batch
+    from physical_adv.models import load_model
+
+    out: list[dict | None] = []
+    loaded = {}
+    for run, kind in tiles_src:
+        spec = run["record"]["model"]["spec"]
+        try:
+            model = loaded.get(spec) or loaded.setdefault(spec, load_model(spec, "cpu"))
+        except UserError:
+            out.append(None)  # the model is not available here; report will say so
+            continue
+        with torch.no_grad():
+            probs = torch.softmax(model(to_batch(run[f"{kind}.png"], model.input_size)), 1)
+        top = top_k(probs, model.class_names, 5)[0]
+        out.append({"pred": top[0]["class"], "top5": [t["class"] for t in top]})
+    return out
 
 
 def _write_outputs(cfg: SheetConfig, manifest: dict, images: dict, template: Template) -> Sheet:

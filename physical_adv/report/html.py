@@ -1,0 +1,163 @@
+"""``report.html``: one self-contained file (plots and crops embedded as data URIs)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+from physical_adv.report import Observations
+
+
+def _png_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def _figure_uri(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return _png_uri(buf.getvalue())
+
+
+def _pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.1f} %"
+
+
+def survival_plot(report: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for t in report["tiles"]:
+        if t["kind"] == "clean":
+            rows.append((f"{t['tile_id']} clean {t['true_class']}: accuracy", t["accuracy"], t["ci"].get("accuracy"), "#57606a"))
+        else:
+            rows.append((f"{t['tile_id']} ADV {t['true_class']}: not {t['true_class']}", t["untargeted_success"], t["ci"].get("untargeted_success"), "#cf222e"))
+            if t["target_class"]:
+                rows.append((f"{t['tile_id']} ADV → {t['target_class']}", t["targeted_success"], t["ci"].get("targeted_success"), "#8250df"))
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1))
+    for i, (label, value, ci, colour) in enumerate(rows):
+        v = value or 0.0
+        ax.barh(i, v, color=colour, alpha=0.85)
+        if ci:
+            ax.errorbar(v, i, xerr=[[v - ci[0]], [ci[1] - v]], color="black", capsize=3, lw=1)
+        ax.text(1.01, i, _pct(value), va="center", fontsize=8)
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("rate over frames where the tile was found (95 % Wilson interval)")
+    return _figure_uri(fig)
+
+
+def confidence_plot(obs: Observations) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3))
+    for tid, tile in obs.tiles.items():
+        conf = [l["confidence"] for l in obs.lines if l["tile_id"] == tid and l["found"]]
+        if conf:
+            ax.hist(conf, bins=20, range=(0, 1), histtype="step", lw=1.5, label=f"{tid} {tile['kind']} {tile['true_class']}")
+    ax.set_xlabel("top-1 confidence")
+    ax.set_ylabel("frames")
+    ax.legend(fontsize=7)
+    return _figure_uri(fig)
+
+
+def gallery(obs: Observations, per_tile: int = 8) -> str:
+    parts = []
+    for tid, tile in obs.tiles.items():
+        cells = []
+        for line in obs.lines:
+            if line["tile_id"] != tid or not line.get("crop"):
+                continue
+            path = obs.sessions[line["_session"]].path / line["crop"]
+            if not path.is_file():
+                continue
+            fooled = line["pred"] != tile["true_class"]
+            cls = "fooled" if fooled else "held"
+            cells.append(f'<figure class="{cls}"><img src="{_png_uri(path.read_bytes())}" alt="tile {tid} frame {line["frame"]}">'
+                         f'<figcaption>{html.escape(line["pred"])} {line["confidence"]:.2f}</figcaption></figure>')
+            if len(cells) >= per_tile:
+                break
+        parts.append(f'<h3>{tid} · {html.escape(tile["kind"])} · {html.escape(tile["true_class"])}'
+                     f'{" → " + html.escape(tile["target_class"]) if tile.get("target_class") else ""}</h3>'
+                     f'<div class="gallery" data-tile="{tid}">{"".join(cells) or "<p>no crops saved</p>"}</div>')
+    return "\n".join(parts)
+
+
+def _run_config(tile: dict) -> str:
+    record_path = Path(tile["run"]) / "attack.json"
+    if record_path.is_file():
+        try:
+            record = json.loads(record_path.read_text())
+            body = json.dumps({"config": record.get("config"), "metrics": record.get("metrics")}, indent=2)
+        except (OSError, json.JSONDecodeError):
+            body = "(attack.json unreadable)"
+    else:
+        body = json.dumps({k: tile.get(k) for k in ("model", "threat", "eot", "dpi", "digital")}, indent=2) + "\n(run directory not present here)"
+    return f"<details><summary>{html.escape(tile['run'])}</summary><pre>{html.escape(body)}</pre></details>"
+
+
+def write_html(path: Path, report: dict, obs: Observations) -> None:
+    from physical_adv.artifacts import atomic_write_bytes
+
+    rows = []
+    for t in report["tiles"]:
+        rows.append(
+            f'<tr data-tile="{t["tile_id"]}"><td>{t["tile_id"]}</td><td>{t["kind"]}</td><td>{html.escape(t["true_class"])}</td>'
+            f'<td>{html.escape(t["target_class"] or "–")}</td><td>{t["found"]}/{t["frames"]}</td>'
+            f'<td>{_pct(t["targeted_success"])}</td><td>{_pct(t["untargeted_success"])}</td><td>{_pct(t["accuracy"])}</td></tr>')
+    runs = []
+    for r in report["runs"]:
+        d1, d5 = r["destruction_top1"], r["destruction_top5"]
+        runs.append(f"<tr><td>{html.escape(r['run'])}</td><td>{d1['eligible']}</td><td>{_pct(d1['rate'])}</td>"
+                    f"<td>{_pct(d1.get('paired', {}).get('rate'))}</td><td>{d5['eligible']}</td><td>{_pct(d5['rate'])}</td></tr>")
+    tags = ""
+    if "by" in report:
+        trs = []
+        for value, stats in report["by"]["groups"].items():
+            for t in stats:
+                main = t["accuracy"] if t["kind"] == "clean" else t["untargeted_success"]
+                trs.append(f"<tr><td>{html.escape(value)}</td><td>{t['tile_id']}</td><td>{t['kind']}</td><td>{t['found']}/{t['frames']}</td><td>{_pct(main)}</td></tr>")
+        tags = (f"<h2>By {html.escape(report['by']['tag'])}</h2><table><tr><th>{html.escape(report['by']['tag'])}</th><th>tile</th>"
+                f"<th>kind</th><th>found</th><th>success / accuracy</th></tr>{''.join(trs)}</table>")
+    adv, clean = report["summary"]["adversarial"], report["summary"]["clean"]
+    configs = "".join(_run_config(t) for t in obs.tiles.values() if t["kind"] == "adversarial")
+    doc = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>physical-adv report {html.escape(str(report['sheet_id']))}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #1f2328; }}
+table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #d0d7de; padding: 4px 8px; font-size: 90%; }}
+.gallery {{ display: flex; flex-wrap: wrap; gap: 6px; }} figure {{ margin: 0; text-align: center; font-size: 75%; }}
+figure img {{ width: 96px; height: 96px; image-rendering: pixelated; border: 3px solid; }}
+figure.fooled img {{ border-color: #cf222e; }} figure.held img {{ border-color: #1a7f37; }}
+.headline {{ font-size: 120%; }}
+</style></head><body>
+<h1>Print-and-photograph survival — sheet {html.escape(str(report['sheet_id']))}</h1>
+<p class="headline">Adversarial tiles: not their true class in <b>{_pct(adv['untargeted_success']['rate'])}</b>
+of {adv['found']} found observations; targeted success <b>{_pct(adv['targeted_success']['rate'])}</b>.
+Clean controls: accuracy <b>{_pct(clean['accuracy']['rate'])}</b> of {clean['found']}.</p>
+<p>{len(report['sessions'])} capture session(s), {sum(s['lines'] for s in report['sessions'])} observations;
+{report['skipped_lines']} incomplete log line(s) skipped. Generated {html.escape(report['created'])}.</p>
+<h2>Tiles</h2>
+<table><tr><th>tile</th><th>kind</th><th>true</th><th>target</th><th>found</th><th>targeted</th><th>untargeted</th><th>accuracy</th></tr>
+{''.join(rows)}</table>
+<img alt="survival per tile" src="{survival_plot(report)}">
+<h2>Destruction rate (Kurakin et al. 2016, Eq. 1)</h2>
+<table><tr><th>run</th><th>eligible (top-1)</th><th>top-1</th><th>top-1 paired with a correct control</th><th>eligible (top-5)</th><th>top-5</th></tr>
+{''.join(runs)}</table>
+<h2>Confidence</h2><img alt="confidence distributions" src="{confidence_plot(obs)}">
+<h2>Gallery of rectified tiles</h2><p>Green: still its true class; red: fooled.</p>
+{gallery(obs)}
+{tags}
+<h2>Configuration of each run</h2>{configs}
+</body></html>
+"""
+    atomic_write_bytes(path, doc.encode("utf-8"))
