@@ -264,12 +264,14 @@ def report_cmd(
 def demo_cmd(
     out: Path = typer.Option(Path("demo"), "--out", "-o", help="Folder for everything the demo makes."),
     seed: int = typer.Option(0, "--seed"),
+    baselines: bool = typer.Option(False, "--baselines", help="Also print the same attacks made without EOT (plain PGD), for contrast."),
+    photos: int = typer.Option(50, "--photos", help="Simulated photos of the sheet."),
     device: str = DeviceOpt,
 ) -> None:
     """The whole pipeline on the embedded model: attack a stop sign twice, print a sheet, photograph it (simulated), capture, report."""
     from physical_adv.demo import DemoConfig, run_demo
 
-    run_demo(build(DemoConfig, out=out, seed=seed, device=device))
+    run_demo(build(DemoConfig, out=out, seed=seed, device=device, baselines=baselines, photos=photos))
 
 
 @app.command("train-signs")

@@ -30,6 +30,7 @@ class DemoConfig:
     device: str = "auto"
     photos: int = 50
     steps: int = 300  # attack steps (tests use a few)
+    baselines: bool = False  # also the same two attacks without EOT (plain PGD), on a second page
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -41,6 +42,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         "sticker": dict(target="speed limit 80", patch="square", patch_area=0.2),
         "linf": dict(eps=16.0),
     }
+    if cfg.baselines:
+        attacks.update({f"{name}-no-eot": dict(extra, eot="none") for name, extra in list(attacks.items())})
     runs = []
     for name, extra in attacks.items():
         console.rule(f"attack: {name}")
@@ -51,7 +54,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         runs.append(str(result.out))
     console.rule("sheet")
     sheet = make_sheet(SheetConfig(runs=tuple(runs), out=out / "sheet.pdf"))
-    console.rule("simulate 50 photos of the printed sheet")
+    console.rule(f"simulate {cfg.photos} photos of the printed sheet")
     simulate(SimulateConfig(pdf=sheet.pdf, out=out / "photos", n=cfg.photos, seed=cfg.seed))
     console.rule("capture")
     capture = run_capture(CaptureConfig(sheet=sheet.manifest_path, images=out / "photos", out=out / "capture",
@@ -66,6 +69,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     tiles = {t["tile_id"]: t for t in report["tiles"]}
     sticker = next(t for t in tiles.values() if t["kind"] == "adversarial" and t["target_class"])
     linf = next(t for t in tiles.values() if t["kind"] == "adversarial" and not t["target_class"])
+    for t in tiles.values():
+        if t["kind"] == "adversarial" and t["run"].endswith("-no-eot"):
+            rate = t["targeted_success"] if t["target_class"] else t["untargeted_success"]
+            console.print(f"baseline without EOT, {Path(t['run']).name}: {'targeted' if t['target_class'] else 'untargeted'} success {rate:.1%}")
     clean = report["summary"]["clean"]["accuracy"]
     console.print(f"\nsheet to print: {sheet.pdf} (preview {sheet.previews[0]})\nreport: {html_path}")
     console.print(f"sticker → speed limit 80: targeted success {sticker['targeted_success']:.1%}; "

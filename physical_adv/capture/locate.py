@@ -39,9 +39,13 @@ class Locator:
     def locate(self, detections: list[Detection], frame_size: tuple[int, int] | None = None) -> list[TileView]:
         """Locate every tile; with ``frame_size`` (w, h), a tile not wholly inside the frame
         counts as not found (its markers may be visible, but part of the tile is not)."""
-        seen = {d.marker_id: d for d in detections}
+        seen = {d.marker_id: d for d in detections if d.marker_id in self.markers}
+        # a multi-page sheet: only the pages whose markers are in view can have tiles in view
+        pages = {self.markers[i]["page"] for i in seen}
         views = []
         for tile in self.tiles:
+            if pages and tile["page"] not in pages:
+                continue
             used = [i for i in tile["marker_ids"] if i in seen]
             if not used:
                 views.append(TileView(tile["tile_id"], False, [], reason="no marker visible"))
