@@ -8,12 +8,14 @@ sheet, captures them and writes the report.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from physical_adv.attack.runner import AttackConfig, run_attack
 from physical_adv.capture import CaptureConfig, run_capture
+from physical_adv.artifacts import atomic_write_json, software_versions, utc_now
 from physical_adv.errors import UserError
 from physical_adv.report import compute_report, pool, write_report_json
 from physical_adv.report.html import write_html
@@ -36,14 +38,17 @@ class DemoConfig:
 def run_demo(cfg: DemoConfig) -> dict:
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} already exists and is not empty; remove it or choose another --out")
+        if not (out / "demo.json").is_file():
+            raise UserError(f"{out} already exists, is not empty and is not an earlier demo; choose another --out")
+        shutil.rmtree(out)  # an earlier demo's output: make it anew
+    out.mkdir(parents=True)
     t0 = time.time()
     attacks = {
         "sticker": dict(target="speed limit 80", patch="square", patch_area=0.2),
         "linf": dict(eps=16.0),
     }
     if cfg.baselines:
-        attacks.update({f"{name}-no-eot": dict(extra, eot="none") for name, extra in list(attacks.items())})
+        attacks.update({f"{name}-no-eot": dict(extra, eot="none", eval_eot="print-camera") for name, extra in list(attacks.items())})
     runs = []
     for name, extra in attacks.items():
         console.rule(f"attack: {name}")
@@ -74,6 +79,13 @@ def run_demo(cfg: DemoConfig) -> dict:
             rate = t["targeted_success"] if t["target_class"] else t["untargeted_success"]
             console.print(f"baseline without EOT, {Path(t['run']).name}: {'targeted' if t['target_class'] else 'untargeted'} success {rate:.1%}")
     clean = report["summary"]["clean"]["accuracy"]
+    atomic_write_json(out / "demo.json", {
+        "schema": 1, "created": utc_now(), "config": {"seed": cfg.seed, "photos": cfg.photos, "steps": cfg.steps,
+                                                     "baselines": cfg.baselines, "device": cfg.device},
+        "sheet": str(sheet.pdf), "report": str(html_path),
+        "headline": {"sticker_targeted_success": sticker["targeted_success"], "linf_untargeted_success": linf["untargeted_success"],
+                     "clean_accuracy": clean["rate"]},
+        "seconds": round(time.time() - t0, 1), "versions": software_versions()})
     console.print(f"\nsheet to print: {sheet.pdf} (preview {sheet.previews[0]})\nreport: {html_path}")
     console.print(f"sticker → speed limit 80: targeted success {sticker['targeted_success']:.1%}; "
                   f"L∞ 16/255: untargeted success {linf['untargeted_success']:.1%}; "

@@ -131,10 +131,16 @@ def test_manifest_that_does_not_match_the_log(capsys, demo, tmp_path):
     assert_one_line_error(code, err, "does not have")
 
 
-def test_demo_refuses_a_non_empty_folder(capsys, tmp_path):
+def test_demo_refuses_a_non_empty_folder_that_is_not_a_demo(capsys, tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
     code, err = run_cli(capsys, "demo", "--out", str(tmp_path))
-    assert_one_line_error(code, err, "not empty")
+    assert_one_line_error(code, err, "not an earlier demo")
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_demo_records_its_headline(demo):
+    record = json.loads((demo[0] / "demo.json").read_text())
+    assert set(record["headline"]) == {"sticker_targeted_success", "linf_untargeted_success", "clean_accuracy"}
 
 
 @pytest.mark.browser

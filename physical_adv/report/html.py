@@ -112,7 +112,7 @@ def write_html(path: Path, report: dict, obs: Observations) -> None:
     for t in report["tiles"]:
         rows.append(
             f'<tr data-tile="{t["tile_id"]}"><td>{t["tile_id"]}</td><td>{t["kind"]}</td><td>{html.escape(t["true_class"])}</td>'
-            f'<td>{html.escape(t["target_class"] or "–")}</td><td>{t["found"]}/{t["frames"]}</td>'
+            f'<td>{html.escape(t["target_class"] or "–") if t["kind"] == "adversarial" else "–"}</td><td>{t["found"]}/{t["frames"]}</td>'
             f'<td>{_pct(t["targeted_success"])}</td><td>{_pct(t["untargeted_success"])}</td><td>{_pct(t["accuracy"])}</td></tr>')
     runs = []
     for r in report["runs"]:
