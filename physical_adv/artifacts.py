@@ -66,3 +66,38 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """Atomically write ``obj`` as indented UTF-8 JSON."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """Parse a JSON file, turning any failure into a one-line :class:`UserError`."""
+    from physical_adv.errors import UserError
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read {what} {path}: {exc}") from None
+
+
+def read_named_toml(name_or_path: str | Path, folder: Path, what: str) -> tuple[Path, dict]:
+    """A built-in TOML file ``folder/NAME.toml`` by name, or a ``.toml`` path; returns its path and data.
+
+    An unknown name is a :class:`UserError` that lists the built-in ones.
+    """
+    from physical_adv.errors import UserError
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    text = str(name_or_path)
+    path = folder / f"{text}.toml"
+    if not path.is_file():
+        path = Path(text)
+        if not (path.suffix == ".toml" and path.is_file()):
+            names = ", ".join(sorted(p.stem for p in folder.glob("*.toml")))
+            raise UserError(f"unknown {what} {text!r}; available: {names} (or a .toml file)")
+    try:
+        return path, tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"cannot read {what} {path}: {exc}") from None

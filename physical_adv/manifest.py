@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from physical_adv.artifacts import read_json
 from physical_adv.errors import UserError
 
 
@@ -13,10 +13,7 @@ def read_manifest(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"manifest not found: {path}")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} is not a readable sheet manifest: {exc}") from None
+    manifest = read_json(path, "sheet manifest")
     if not isinstance(manifest, dict) or manifest.get("schema") != 1 or not {"tiles", "markers", "page", "aruco_dictionary"} <= set(manifest):
         raise UserError(f"{path} is not a physical-adv sheet manifest (schema 1 with tiles, markers, page)")
     return manifest

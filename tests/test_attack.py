@@ -9,7 +9,7 @@ import torch
 
 from physical_adv.attack.runner import AttackConfig, build_mask, run_attack
 from physical_adv.attack.whitebox import fgsm, pgd
-from physical_adv.cli import main
+from helpers import run_cli
 from physical_adv.images import load_image, to_batch
 from physical_adv.signs import CLASS_NAMES
 
@@ -105,10 +105,6 @@ def test_mask_file_is_resized_to_the_texture(tmp_path):
     assert m.shape == (128, 128) and abs(m.mean() - 300 / 1600) < 0.02
 
 
-def run_cli(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    return exc.value.code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -127,7 +123,7 @@ def test_bad_attack_options_fail_cleanly_without_a_run_dir(capsys, tmp_path, arg
     cv2.imwrite(str(tmp_path / "wide.png"), bad_mask)
     args = [str(tmp_path / "wide.png") if a == "MASK" else a for a in args]
     out = tmp_path / "run"
-    code, err = run_cli(capsys, "attack", "--source", "sign:stop", "--steps", "2", "--eval-samples", "10", "--out", str(out), *args)
+    code, _, err = run_cli(capsys, "attack", "--source", "sign:stop", "--steps", "2", "--eval-samples", "10", "--out", str(out), *args)
     assert code == 2, err
     assert err.strip().startswith("physical-adv: error:") and fragment in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
@@ -136,7 +132,7 @@ def test_bad_attack_options_fail_cleanly_without_a_run_dir(capsys, tmp_path, arg
 
 def test_attack_cli_writes_a_run(capsys, tmp_path):
     out = tmp_path / "cli-run"
-    code, err = run_cli(capsys, "attack", "--source", "sign:yield", "--steps", "2", "--samples", "4", "--eval-samples", "10",
+    code, _, err = run_cli(capsys, "attack", "--source", "sign:yield", "--steps", "2", "--samples", "4", "--eval-samples", "10",
                         "--texture-size", "128", "--out", str(out), "--device", "cpu")
     assert code == 0, err
     assert (out / "attack.json").is_file()

@@ -14,7 +14,7 @@ import pytest
 
 from physical_adv.attack.runner import AttackConfig, run_attack
 from physical_adv.capture import CaptureConfig, run_capture
-from physical_adv.cli import main
+from helpers import assert_one_line_error, run_cli
 from physical_adv.sheet import SheetConfig, make_sheet
 from physical_adv.simulate import SimulateConfig, simulate
 
@@ -133,33 +133,26 @@ def test_killed_capture_leaves_a_readable_log(sheet, photos, tmp_path, sig):
         assert json.loads((out / "session.json").read_text())["ended"] == "interrupted"
 
 
-def run_cli(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    return exc.value.code, capsys.readouterr().err
 
 
-def assert_one_line_error(code, err, fragment):
-    assert code == 2 and err.startswith("physical-adv: error:") and fragment in err, err
-    assert len(err.strip().splitlines()) == 1
 
 
 def test_missing_manifest(capsys, tmp_path):
-    code, err = run_cli(capsys, "capture", "--sheet", str(tmp_path / "none.json"), "--images", str(tmp_path), "--no-window")
+    code, _, err = run_cli(capsys, "capture", "--sheet", str(tmp_path / "none.json"), "--images", str(tmp_path), "--no-window")
     assert_one_line_error(code, err, "manifest not found")
 
 
 def test_corrupt_manifest(capsys, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"schema": 1, "tiles": [')
-    code, err = run_cli(capsys, "capture", "--sheet", str(bad), "--images", str(tmp_path), "--no-window")
-    assert_one_line_error(code, err, "not a readable sheet manifest")
+    code, _, err = run_cli(capsys, "capture", "--sheet", str(bad), "--images", str(tmp_path), "--no-window")
+    assert_one_line_error(code, err, "cannot read sheet manifest")
 
 
 def test_empty_folder(capsys, sheet, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("hi")
-    code, err = run_cli(capsys, "capture", "--sheet", str(sheet.manifest_path), "--images", str(tmp_path / "empty"), "--no-window",
+    code, _, err = run_cli(capsys, "capture", "--sheet", str(sheet.manifest_path), "--images", str(tmp_path / "empty"), "--no-window",
                         "--out", str(tmp_path / "o"))
     assert_one_line_error(code, err, "no images")
 
@@ -167,17 +160,17 @@ def test_empty_folder(capsys, sheet, tmp_path):
 def test_unreadable_video(capsys, sheet, tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video at all")
-    code, err = run_cli(capsys, "capture", "--sheet", str(sheet.manifest_path), "--video", str(bad), "--no-window",
+    code, _, err = run_cli(capsys, "capture", "--sheet", str(sheet.manifest_path), "--video", str(bad), "--no-window",
                         "--out", str(tmp_path / "o"))
     assert_one_line_error(code, err, "cannot read")
 
 
 def test_camera_that_cannot_be_opened(capsys, sheet, tmp_path):
-    code, err = run_cli(capsys, "capture", "--sheet", str(sheet.manifest_path), "--camera", "97", "--no-window",
+    code, _, err = run_cli(capsys, "capture", "--sheet", str(sheet.manifest_path), "--camera", "97", "--no-window",
                         "--out", str(tmp_path / "o"))
     assert_one_line_error(code, err, "cannot open camera 97")
 
 
 def test_simulate_missing_pdf(capsys, tmp_path):
-    code, err = run_cli(capsys, "simulate", str(tmp_path / "none.pdf"), "--out", str(tmp_path / "o"))
+    code, _, err = run_cli(capsys, "simulate", str(tmp_path / "none.pdf"), "--out", str(tmp_path / "o"))
     assert_one_line_error(code, err, "not found")

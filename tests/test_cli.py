@@ -7,23 +7,11 @@ import sys
 import pytest
 
 from physical_adv import __version__
-from physical_adv.cli import main
+from helpers import assert_one_line_error, run_cli
 
 
-def run_cli(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
-def assert_one_line_error(code, err, fragment):
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("physical-adv: error: ")
-    assert fragment in lines[0]
-    assert "Traceback" not in err
 
 
 def test_help_lists_every_command(capsys):

@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 
+from helpers import assert_one_line_error, run_cli
 from physical_adv.cli import main
 from physical_adv.demo import DemoConfig, run_demo
 from physical_adv.report import compute_report, pool
@@ -99,26 +100,19 @@ def test_report_by_tag(demo):
     assert list(report["by"]["groups"]) == ["simulated"]
 
 
-def run_cli(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    return exc.value.code, capsys.readouterr().err
 
 
-def assert_one_line_error(code, err, fragment):
-    assert code == 2 and err.startswith("physical-adv: error:") and fragment in err, err
-    assert len(err.strip().splitlines()) == 1
 
 
 def test_not_a_capture_directory(capsys, tmp_path):
-    code, err = run_cli(capsys, "report", str(tmp_path))
+    code, _, err = run_cli(capsys, "report", str(tmp_path))
     assert_one_line_error(code, err, "not a capture directory")
 
 
 def test_empty_log(capsys, demo, tmp_path):
     shutil.copy(demo[0] / "capture" / "session.json", tmp_path / "session.json")
     (tmp_path / "detections.jsonl").write_text("")
-    code, err = run_cli(capsys, "report", str(tmp_path))
+    code, _, err = run_cli(capsys, "report", str(tmp_path))
     assert_one_line_error(code, err, "no complete observation")
 
 
@@ -127,13 +121,13 @@ def test_manifest_that_does_not_match_the_log(capsys, demo, tmp_path):
     session["manifest"]["tiles"] = session["manifest"]["tiles"][:2]
     (tmp_path / "session.json").write_text(json.dumps(session))
     shutil.copy(demo[0] / "capture" / "detections.jsonl", tmp_path / "detections.jsonl")
-    code, err = run_cli(capsys, "report", str(tmp_path))
+    code, _, err = run_cli(capsys, "report", str(tmp_path))
     assert_one_line_error(code, err, "does not have")
 
 
 def test_demo_refuses_a_non_empty_folder_that_is_not_a_demo(capsys, tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
-    code, err = run_cli(capsys, "demo", "--out", str(tmp_path))
+    code, _, err = run_cli(capsys, "demo", "--out", str(tmp_path))
     assert_one_line_error(code, err, "not an earlier demo")
     assert (tmp_path / "keep.txt").read_text() == "mine"
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from physical_adv.attack.runner import AttackConfig, run_attack
-from physical_adv.cli import main
+from helpers import assert_one_line_error, run_cli
 from physical_adv.markers import detect
 from physical_adv.sheet import SheetConfig, make_sheet
 from physical_adv.sheet.render import render_pages
@@ -132,40 +132,35 @@ def test_markers_survive_a_small_tilted_photo(sheet):
     assert expected <= found, sorted(expected - found)
 
 
-def run_cli(capsys, *args):
-    with pytest.raises(SystemExit) as exc:
-        main(list(args))
-    return exc.value.code, capsys.readouterr().err
 
 
 def assert_clean_failure(code, err, fragment, out):
-    assert code == 2 and err.startswith("physical-adv: error:") and fragment in err, err
-    assert len(err.strip().splitlines()) == 1
+    assert_one_line_error(code, err, fragment)
     assert not out.exists() and not out.with_suffix(".json").exists()
 
 
 def test_missing_run_directory_fails_cleanly(capsys, tmp_path):
     out = tmp_path / "x.pdf"
-    code, err = run_cli(capsys, "sheet", str(tmp_path / "nope"), "--out", str(out))
+    code, _, err = run_cli(capsys, "sheet", str(tmp_path / "nope"), "--out", str(out))
     assert_clean_failure(code, err, "run directory not found", out)
 
 
 def test_invalid_run_directory_fails_cleanly(capsys, tmp_path):
     (tmp_path / "empty").mkdir()
     out = tmp_path / "x.pdf"
-    code, err = run_cli(capsys, "sheet", str(tmp_path / "empty"), "--out", str(out))
+    code, _, err = run_cli(capsys, "sheet", str(tmp_path / "empty"), "--out", str(out))
     assert_clean_failure(code, err, "not an attack run directory", out)
 
 
 def test_unknown_template_lists_the_available_ones(capsys, runs, tmp_path):
     out = tmp_path / "x.pdf"
-    code, err = run_cli(capsys, "sheet", runs[0], "--template", "a3-landscape", "--out", str(out))
+    code, _, err = run_cli(capsys, "sheet", runs[0], "--template", "a3-landscape", "--out", str(out))
     assert_clean_failure(code, err, "available: a4, letter", out)
 
 
 def test_tiles_that_do_not_fit_fail_cleanly(capsys, runs, tmp_path):
     out = tmp_path / "x.pdf"
-    code, err = run_cli(capsys, "sheet", runs[0], "--tile-mm", "250", "--out", str(out))
+    code, _, err = run_cli(capsys, "sheet", runs[0], "--tile-mm", "250", "--out", str(out))
     assert_clean_failure(code, err, "smaller --tile-mm", out)
     assert list(tmp_path.iterdir()) == []
 

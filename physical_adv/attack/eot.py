@@ -33,13 +33,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from physical_adv.artifacts import read_named_toml
 from physical_adv.attack.jpeg import jpeg_straight_through
 from physical_adv.errors import UserError
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 
 Range = tuple[float, float]
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -136,16 +132,7 @@ def load_distribution(name_or_path: str | Path) -> EOTDistribution:
 
     Raises :class:`UserError` for an unknown preset, unreadable file, unknown key or bad range.
     """
-    text = str(name_or_path)
-    path = PRESET_DIR / f"{text}.toml"
-    if not path.is_file():
-        path = Path(text)
-        if not (path.suffix == ".toml" and path.is_file()):
-            raise UserError(f"unknown EOT preset {text!r}; choose one of {', '.join(preset_names())} or give a .toml file")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise UserError(f"cannot read EOT distribution {path}: {exc}") from None
+    path, data = read_named_toml(name_or_path, PRESET_DIR, "EOT preset")
     flat: dict = {"name": data.pop("name", path.stem), "description": data.pop("description", "")}
     for section in _SECTIONS:
         flat.update(data.pop(section, {}) or {})

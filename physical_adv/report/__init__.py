@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from physical_adv.artifacts import atomic_write_json, software_versions, utc_now
+from physical_adv.artifacts import atomic_write_json, read_json, software_versions, utc_now
 from physical_adv.errors import UserError
 from physical_adv.stats import wilson_interval
 
@@ -45,10 +45,7 @@ def load_session(path: str | Path) -> Session:
     path = Path(path)
     if not path.is_dir() or not (path / "session.json").is_file() or not (path / "detections.jsonl").is_file():
         raise UserError(f"{path} is not a capture directory (needs session.json and detections.jsonl)")
-    try:
-        record = json.loads((path / "session.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read {path / 'session.json'}: {exc}") from None
+    record = read_json(path / "session.json", "capture session")
     if "manifest" not in record or "tiles" not in record.get("manifest", {}):
         raise UserError(f"{path / 'session.json'} holds no sheet manifest; is it from physical-adv capture?")
     lines, skipped = [], 0

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import cv2
 
-from physical_adv.artifacts import atomic_write_bytes, software_versions, utc_now
+from physical_adv.artifacts import atomic_write_bytes, read_json, software_versions, utc_now
 from physical_adv.errors import UserError
 from physical_adv.images import load_image
 from physical_adv.markers import DEFAULT_DICTIONARY, dictionary_size
@@ -60,10 +60,7 @@ def _read_run(run: str) -> dict:
     record_path = path / "attack.json"
     if not record_path.is_file():
         raise UserError(f"{path} is not an attack run directory (no attack.json)")
-    try:
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read {record_path}: {exc}") from None
+    record = read_json(record_path, "attack record")
     for key in ("model", "true_class", "class_names"):
         if key not in record:
             raise UserError(f"{record_path} lacks {key!r}; is it from physical-adv attack?")

@@ -6,12 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from physical_adv.artifacts import read_named_toml
 from physical_adv.errors import UserError
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "print_templates"
 
@@ -55,16 +51,7 @@ def template_names() -> list[str]:
 
 def load_template(name_or_path: str | Path, tile_mm: float | None = None) -> Template:
     """A template by name (``print_templates/NAME.toml``) or from a TOML file path."""
-    text = str(name_or_path)
-    path = TEMPLATE_DIR / f"{text}.toml"
-    if not path.is_file():
-        path = Path(text)
-        if not (path.suffix == ".toml" and path.is_file()):
-            raise UserError(f"unknown template {text!r}; available: {', '.join(template_names())} (or a .toml file)")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise UserError(f"cannot read template {path}: {exc}") from None
+    path, data = read_named_toml(name_or_path, TEMPLATE_DIR, "template")
     data.setdefault("name", path.stem)
     if tile_mm is not None:
         data["tile_mm"] = tile_mm
