@@ -13,6 +13,7 @@ milliseconds: every block of every image goes through one batched ``matmul``.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -28,6 +29,14 @@ _CHROMA = [
     47, 66, 99, 99, 99, 99, 99, 99] + [99] * 32
 
 _RGB_TO_YCC = [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]]
+
+
+@functools.lru_cache(maxsize=16)
+def _constants(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RGB→YCbCr, its inverse and the 64×64 block DCT, built once per device and dtype."""
+    m = torch.tensor(_RGB_TO_YCC, dtype=torch.float64)
+    d = _dct_matrix("cpu", torch.float64)
+    return tuple(t.to(device=device, dtype=dtype) for t in (m, torch.linalg.inv(m), torch.kron(d, d)))
 
 
 def _dct_matrix(device, dtype) -> torch.Tensor:
@@ -85,18 +94,16 @@ def jpeg(images: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     n, _, h, w = images.shape
     ph, pw = (-h) % 16, (-w) % 16
     x = F.pad(images, (0, pw, 0, ph), mode="replicate") if ph or pw else images
-    m = torch.tensor(_RGB_TO_YCC, dtype=x.dtype, device=x.device)
+    m, m_inv, dct2 = _constants(x.device, x.dtype)
     ycc = torch.einsum("ij,njhw->nihw", m, x * 255.0)
     luma = ycc[:, :1] - 128.0
     chroma = F.avg_pool2d(ycc[:, 1:], 2)
-    d = _dct_matrix(x.device, x.dtype)
-    dct2 = torch.kron(d, d)
     qy, qc = quality_tables(quality.to(x.device))
     luma = _blocks_roundtrip(luma, qy.to(x.dtype), dct2) + 128.0
     # Decoders interpolate chroma ("fancy upsampling"); bilinear is close to libjpeg's.
     chroma = F.interpolate(_blocks_roundtrip(chroma, qc.to(x.dtype), dct2), scale_factor=2, mode="bilinear", align_corners=False)
     ycc = torch.cat([luma, chroma], 1)
-    rgb = torch.einsum("ij,njhw->nihw", torch.linalg.inv(m), ycc) / 255.0
+    rgb = torch.einsum("ij,njhw->nihw", m_inv, ycc) / 255.0
     return rgb[:, :, :h, :w].clamp(0, 1)
 
 
