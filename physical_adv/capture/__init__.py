@@ -25,7 +25,7 @@ from physical_adv.capture.locate import Locator, box_crop, rectify
 from physical_adv.capture.sources import Camera, ImageFolder, Source, VideoFile
 from physical_adv.errors import UserError
 from physical_adv.manifest import read_manifest
-from physical_adv.markers import make_detector
+from physical_adv.markers import Detection, make_detector
 from physical_adv.models import load_model
 from physical_adv.ui import console, make_progress
 
@@ -183,8 +183,6 @@ def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
 def _process_frame(frame, ref, index, now, cfg, out, model, locator, detector, tiles, saved_crops, counts):
     grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
     corners, ids, _ = detector.detectMarkers(grey)
-    from physical_adv.markers import Detection
-
     detections = [] if ids is None else [Detection(int(i), c.reshape(4, 2)) for c, i in zip(corners, ids.ravel())]
     views = locator.locate(detections, (frame.shape[1], frame.shape[0]))
     found = [v for v in views if v.found]
