@@ -174,3 +174,18 @@ def test_camera_that_cannot_be_opened(capsys, sheet, tmp_path):
 def test_simulate_missing_pdf(capsys, tmp_path):
     code, _, err = run_cli(capsys, "simulate", str(tmp_path / "none.pdf"), "--out", str(tmp_path / "o"))
     assert_one_line_error(code, err, "not found")
+
+
+@pytest.mark.gui
+def test_live_window_runs_on_a_virtual_display(sheet, photos, tmp_path):
+    import shutil
+
+    if not shutil.which("xvfb-run"):
+        pytest.skip("xvfb-run is not installed (apt-get install xvfb)")
+    out = tmp_path / "w"
+    proc = subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1600x900x24", sys.executable, "-m", "physical_adv", "capture",
+                           "--sheet", str(sheet.manifest_path), "--images", str(photos[0]), "--out", str(out),
+                           "--max-frames", "5", "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "without the live window" not in proc.stderr  # the window really opened
+    assert json.loads((out / "session.json").read_text())["frames"] == 5
