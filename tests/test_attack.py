@@ -136,3 +136,21 @@ def test_attack_cli_writes_a_run(capsys, tmp_path):
                         "--texture-size", "128", "--out", str(out), "--device", "cpu")
     assert code == 0, err
     assert (out / "attack.json").is_file()
+
+
+def test_default_sticker_attack_survives_print_camera(tmp_path):
+    """Issue contract: a sticker of at most 25 % of the tile toward speed limit 80, default settings, ≥ 90 %."""
+    cfg = AttackConfig(source="sign:stop", out=tmp_path / "sticker", target="speed limit 80", patch="square",
+                       patch_area=0.25, device="cpu")
+    record = run_attack(cfg, show_progress=False).record
+    assert record["patch_fraction"] <= 0.25
+    assert record["metrics"]["eot_success"] >= 0.9, record["metrics"]
+
+
+@pytest.mark.slow
+def test_default_untargeted_linf_attack_figure(tmp_path):
+    """The README's figure (a): untargeted L∞ at 16/255 with default settings (reported, not a threshold:
+    the signs model resists it; see README). Checks the run completes and beats the clean image."""
+    record = run_attack(AttackConfig(source="sign:stop", out=tmp_path / "linf", device="cpu"), show_progress=False).record
+    assert record["metrics"]["eot_success"] >= record["metrics"]["clean_eot_success"]
+    assert record["metrics"]["linf_255"] <= 16.0 + 1e-3

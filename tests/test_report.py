@@ -154,3 +154,11 @@ def test_html_report_opens_in_headless_chromium(demo, tmp_path):
     for tile_id in ("01", "02", "03", "04"):
         assert f'data-tile="{tile_id}"' in dom
     assert "Uncaught" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_full_demo_meets_its_sticker_and_control_targets(tmp_path):
+    report = run_demo(DemoConfig(out=tmp_path / "demo", device="cpu"))
+    sticker = next(t for t in report["tiles"] if t["kind"] == "adversarial" and t["target_class"])
+    assert sticker["targeted_success"] >= 0.9
+    assert report["summary"]["clean"]["accuracy"]["rate"] >= 0.95
