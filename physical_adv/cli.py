@@ -28,8 +28,8 @@ app = typer.Typer(
 )
 
 DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps.")
-ModelOpt = typer.Option("signs", "--model", "-m", help="Model spec: signs, torchvision:NAME or a TorchScript file.")
-ClassesOpt = typer.Option(None, "--classes", help="Class-name file (one per line) for a TorchScript model.")
+ModelOpt = typer.Option("signs", "--model", "-m", help="Model spec: signs, torchvision:NAME, a TorchScript file or module:factory.")
+ClassesOpt = typer.Option(None, "--classes", help="Class-name file (one per line) for a TorchScript or module:factory model.")
 
 
 def build(cls, **kwargs):
@@ -117,6 +117,7 @@ def attack_cmd(
     source: str = typer.Option(..., "--source", "-s", help="Image file, or sign:NAME for a built-in sign rendering."),
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Target class name (untargeted when omitted)."),
     model: str = ModelOpt,
+    classes: Optional[str] = ClassesOpt,
     eps: Optional[float] = typer.Option(None, "--eps", help="Budget: /255 units for linf (default 16); L2 norm at the model's input size for l2 (default 2.0)."),
     norm: str = typer.Option("linf", "--norm", help="linf or l2 (ignored in patch mode)."),
     mask: Optional[str] = typer.Option(None, "--mask", help="Patch mode: a square PNG, white = perturbable (resized to the texture)."),
@@ -152,7 +153,7 @@ def attack_cmd(
         slug = "".join(c if c.isalnum() else "-" for c in Path(source.replace("sign:", "")).stem.lower()).strip("-")
         goal = "".join(c if c.isalnum() else "-" for c in (target or "untargeted").lower())
         out = Path("runs") / f"{slug}-{goal}-{_time.strftime('%Y%m%d-%H%M%S')}"
-    cfg = build(AttackConfig, source=source, out=out, target=target, model=model, eps=eps, norm=norm, mask=mask, patch=patch,
+    cfg = build(AttackConfig, source=source, out=out, target=target, model=model, classes=classes, eps=eps, norm=norm, mask=mask, patch=patch,
                 patch_area=patch_area, patch_position=pos, eot=eot_name, eval_eot=eval_eot, samples=samples, steps=steps, seed=seed, loss=loss,
                 tv_weight=tv, nps_weight=nps, texture_size=texture_size, eval_samples=eval_samples, device=device,
                 early_stop=not no_early_stop)

@@ -99,7 +99,7 @@ def test_torchscript_class_count_mismatch_is_a_clear_error(tmp_path):
     torch.jit.script(_TinyNet()).save(str(path))
     classes = tmp_path / "classes.txt"
     classes.write_text("a\nb\nc\n")
-    with pytest.raises(UserError, match="3 classes"):
+    with pytest.raises(UserError, match="has 3 classes"):
         load_model(str(path), "cpu", classes=classes, input_size=32)
 
 
@@ -117,3 +117,27 @@ def test_non_torchscript_file_is_a_clear_error(tmp_path):
     classes.write_text("a\n")
     with pytest.raises(UserError, match="not a TorchScript model"):
         load_model(str(path), "cpu", classes=classes)
+
+
+def test_module_factory_model_with_class_file(tmp_path, monkeypatch):
+    (tmp_path / "my_models.py").write_text(
+        "import torch\n"
+        "class Net(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        m = x.mean((1, 2, 3))\n"
+        "        return torch.stack([m, 1 - m], 1)\n"
+        "def make():\n"
+        "    return Net()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    classes = tmp_path / "classes.txt"
+    classes.write_text("bright\ndark\n")
+    model = load_model("my_models:make", "cpu", classes=classes, input_size=32)
+    assert model.spec == "my_models:make" and model.class_names == ["bright", "dark"]
+    assert model(torch.zeros(1, 3, 32, 32)).argmax(1).item() == 1
+
+
+def test_module_factory_that_cannot_be_imported_is_a_clear_error(tmp_path):
+    classes = tmp_path / "c.txt"
+    classes.write_text("a\n")
+    with pytest.raises(UserError, match="cannot import"):
+        load_model("no_such_module_xyz:make", "cpu", classes=classes)

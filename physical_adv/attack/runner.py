@@ -55,6 +55,7 @@ class AttackConfig:
     out: Path
     target: str | None = None
     model: str = DEFAULT_MODEL
+    classes: str | None = None  # class-name file for TorchScript and module:factory models
     eps: float | None = None
     norm: str = "linf"
     mask: str | None = None
@@ -204,7 +205,7 @@ def run_attack(cfg: AttackConfig, show_progress: bool = True) -> AttackResult:
     source = load_image(cfg.source)
     texture_np = _square_texture(source, cfg.texture_size)
     mask_np = build_mask(cfg, cfg.texture_size)
-    model = load_model(cfg.model, cfg.device)
+    model = load_model(cfg.model, cfg.device, classes=cfg.classes)
     device = model.device
     opt_seed, held_seed = _seeds(cfg.seed)
     torch.manual_seed(opt_seed)

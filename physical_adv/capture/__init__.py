@@ -101,7 +101,9 @@ def run_capture(cfg: CaptureConfig, show_progress: bool = True) -> CaptureResult
     spec = cfg.model or specs[0]
     if cfg.model is None and len(specs) > 1:
         console.print(f"[yellow]warning:[/] the sheet names several models ({', '.join(specs)}); using {spec} (choose with --model)")
-    model = load_model(spec, cfg.device)
+    known = manifest.get("models", {}).get(spec, {})
+    model = load_model(spec, cfg.device, classes=known.get("class_names") if spec != "signs" and not spec.startswith("torchvision:") else None,
+                       input_size=known.get("input_size"))
     names = model.class_names
     for t in manifest["tiles"]:
         if t["true_class"] not in names:

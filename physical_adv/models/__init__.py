@@ -4,7 +4,9 @@
 * ``torchvision:NAME`` — a torchvision classifier with its default ImageNet weights,
   read from the torch cache (downloaded there on first use when online);
 * ``PATH.pt`` / ``PATH.ts`` — a TorchScript file that takes RGB in [0, 1], with class
-  names from a text file (one per line).
+  names from a text file (one per line);
+* ``module:factory`` — ``factory()`` from an importable module returns your own
+  ``nn.Module`` taking RGB in [0, 1], with class names from a text file.
 
 Every loader returns a :class:`~physical_adv.models.base.Classifier` in eval mode.
 """
@@ -21,7 +23,7 @@ from physical_adv.devices import resolve_device
 from physical_adv.errors import UserError
 from physical_adv.models.base import Classifier, ModelCard
 from physical_adv.models.embedded import SIGNS_WEIGHTS, load_signs
-from physical_adv.models.scripted import load_torchscript
+from physical_adv.models.scripted import load_factory, load_torchscript
 from physical_adv.models.tv import load_torchvision, torchvision_catalogue
 
 DEFAULT_MODEL = "signs"
@@ -77,9 +79,11 @@ def load_model(
         raise UserError("torchvision models are named torchvision:NAME, e.g. torchvision:resnet18")
     elif Path(spec).suffix.lower() in (".pt", ".pth", ".ts", ".jit") or Path(spec).is_file():
         model = load_torchscript(Path(spec), classes, input_size)
+    elif arg and family.replace(".", "").replace("_", "").isalnum() and arg.isidentifier():
+        model = load_factory(spec, classes, input_size)
     else:
         raise UserError(
-            f"unknown model {spec!r}; use 'signs', 'torchvision:NAME' or a TorchScript file "
+            f"unknown model {spec!r}; use 'signs', 'torchvision:NAME', a TorchScript file or module:factory "
             "(see `physical-adv models`)"
         )
     model.eval()

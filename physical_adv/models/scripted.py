@@ -1,4 +1,4 @@
-"""User models as TorchScript files."""
+"""User models: TorchScript files, or ``module:factory`` for a user's own ``nn.Module``."""
 
 from __future__ import annotations
 
@@ -11,8 +11,13 @@ from physical_adv.errors import UserError
 from physical_adv.models.base import Classifier, ModelCard
 
 
-def read_class_names(path: str | Path) -> tuple[str, ...]:
-    """Class names from a text file, one per line (blank lines and ``#`` comments skipped)."""
+def read_class_names(path: str | Path | list | tuple) -> tuple[str, ...]:
+    """Class names from a text file, one per line (blank lines and ``#`` comments skipped),
+    or given directly as a list (as a manifest records them)."""
+    if isinstance(path, (list, tuple)):
+        if not path:
+            raise UserError("the class list is empty")
+        return tuple(str(n) for n in path)
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -26,24 +31,52 @@ def read_class_names(path: str | Path) -> tuple[str, ...]:
     return names
 
 
+def _check_and_wrap(net: nn.Module, spec: str, classes, input_size: int | None) -> Classifier:
+    names = read_class_names(classes)
+    size = int(input_size or 224)
+    net.eval()
+    with torch.no_grad():
+        try:
+            out = net(torch.zeros(1, 3, size, size))
+        except Exception as exc:  # noqa: BLE001 - any failure of user code is a user error
+            raise UserError(f"{spec} fails on a 1x3x{size}x{size} input: {str(exc).splitlines()[0]}") from None
+    if out.ndim != 2 or out.shape[1] != len(names):
+        raise UserError(f"{spec} returns shape {tuple(out.shape)} but the class list has {len(names)} classes")
+    source = "inline list" if isinstance(classes, (list, tuple)) else str(classes)
+    card = ModelCard(spec=spec, class_names=names, input_size=size, weights=spec, extra={"classes": source})
+    return Classifier(net, card, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+
+
+def load_factory(spec: str, classes: str | Path | None, input_size: int | None) -> Classifier:
+    """``module:factory``: import ``module`` and call ``factory()`` for an ``nn.Module`` that takes
+    ``(N, 3, S, S)`` RGB in [0, 1] and returns logits (it normalises itself)."""
+    import importlib
+
+    module_name, _, factory_name = spec.partition(":")
+    if classes is None:
+        raise UserError(f"a module:factory model needs --classes FILE (one class name per line) for {spec}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UserError(f"cannot import {module_name!r} for model {spec}: {exc}") from None
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        raise UserError(f"{module_name} has no callable {factory_name!r} (model spec {spec})")
+    net = factory()
+    if not isinstance(net, nn.Module):
+        raise UserError(f"{spec}() returned {type(net).__name__}, not a torch nn.Module")
+    return _check_and_wrap(net, spec, classes, input_size)
+
+
 def load_torchscript(path: Path, classes: str | Path | None, input_size: int | None) -> Classifier:
     """A TorchScript classifier that takes ``(N, 3, S, S)`` RGB in [0, 1] (normalising itself)."""
     if not path.is_file():
         raise UserError(f"model file not found: {path}")
     if classes is None:
         raise UserError(f"a TorchScript model needs --classes FILE (one class name per line) for {path}")
-    names = read_class_names(classes)
+    read_class_names(classes)  # a bad class file is reported before the model is loaded
     try:
         net: nn.Module = torch.jit.load(str(path), map_location="cpu")
     except (RuntimeError, ValueError) as exc:
         raise UserError(f"{path} is not a TorchScript model: {str(exc).splitlines()[0]}") from None
-    size = int(input_size or 224)
-    with torch.no_grad():
-        try:
-            out = net(torch.zeros(1, 3, size, size))
-        except Exception as exc:  # noqa: BLE001 - any failure of user code is a user error
-            raise UserError(f"{path} fails on a 1x3x{size}x{size} input: {str(exc).splitlines()[0]}") from None
-    if out.ndim != 2 or out.shape[1] != len(names):
-        raise UserError(f"{path} returns shape {tuple(out.shape)} but {classes} lists {len(names)} classes")
-    card = ModelCard(spec=str(path), class_names=names, input_size=size, weights=str(path), extra={"classes": str(classes)})
-    return Classifier(net, card, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    return _check_and_wrap(net, str(path), classes, input_size)

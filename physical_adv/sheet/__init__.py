@@ -137,9 +137,12 @@ def _digital_predictions(tiles_src: list) -> list[dict | None]:
     out: list[dict | None] = []
     loaded = {}
     for run, kind in tiles_src:
-        spec = run["record"]["model"]["spec"]
+        rec = run["record"]
+        spec = rec["model"]["spec"]
+        builtin = spec == "signs" or spec.startswith("torchvision:")
         try:
-            model = loaded.get(spec) or loaded.setdefault(spec, load_model(spec, "cpu"))
+            model = loaded.get(spec) or loaded.setdefault(spec, load_model(
+                spec, "cpu", classes=None if builtin else rec["class_names"], input_size=rec["model"].get("input_size")))
         except UserError:
             out.append(None)  # the model is not available here; report will say so
             continue
