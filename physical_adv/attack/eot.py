@@ -113,10 +113,6 @@ class EOTDistribution:
         if self.black_level[1] >= self.paper_white[0]:
             raise ValueError("EOT black_level must stay below paper_white")
 
-    @property
-    def is_identity(self) -> bool:
-        return self == EOTDistribution(name=self.name, description=self.description)
-
 
 # The TOML file groups fields in sections; these are the section names.
 _SECTIONS = ("geometry", "printer", "camera", "compression")

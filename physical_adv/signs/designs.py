@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import cv2
@@ -410,7 +410,3 @@ OFF_STYLES: dict[str, SignStyle] = {
     "thin rings, wide lettering, no rim": SignStyle(ring=0.6, text_width=1.3, stroke=1.5, rim=False),
 }
 
-
-def style_variant(**changes) -> SignStyle:
-    """The default style with some fields changed (a convenience for tests and docs)."""
-    return replace(DEFAULT_STYLE, **changes)
