@@ -256,7 +256,10 @@ def run_attack(cfg: AttackConfig, show_progress: bool = True) -> AttackResult:
         task = progress.add_task("attack", total=cfg.steps, info="")
 
         def report(r: StepReport) -> None:
-            progress.update(task, advance=1, info=f"loss {r.objective:+.3f} EOT success {r.success:.2f}")
+            info = f"loss {r.objective:+.3f} EOT success {r.success:.2f}"
+            progress.update(task, advance=1, info=info)
+            if show_progress and not console.is_terminal and (r.step + 1) % max(1, cfg.steps // 10) == 0:
+                console.print(f"step {r.step + 1}/{cfg.steps} {info}")  # a log file gets a line every 10 %
 
         t0 = time.time()
         result: LoopResult = optimize(
