@@ -17,7 +17,7 @@ from helpers import assert_one_line_error, run_cli
 def test_help_lists_every_command(capsys):
     code, out, _ = run_cli(capsys, "--help")
     assert code == 0
-    for command in ("models", "classify", "train-signs"):
+    for command in ("models", "classify", "attack", "sheet", "simulate", "capture", "report", "demo", "train-signs"):
         assert command in out
 
 
