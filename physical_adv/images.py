@@ -63,9 +63,12 @@ def save_png(path: str | Path, rgb: np.ndarray) -> None:
 
 
 def to_batch(images: list[np.ndarray] | np.ndarray, size: int | None = None) -> torch.Tensor:
-    """uint8 RGB image(s) → ``(N, 3, H, W)`` float32 in [0, 1], optionally area-resized to ``size``²."""
+    """uint8 RGB image(s) — one ``(H, W, 3)``, a list, or an ``(N, H, W, 3)`` array — to
+    ``(N, 3, H, W)`` float32 in [0, 1], optionally area-resized to ``size``²."""
     if isinstance(images, np.ndarray) and images.ndim == 3:
-        images = [images]
+        images = images[None]
+    if isinstance(images, np.ndarray) and (size is None or images.shape[1:3] == (size, size)):
+        return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
     out = []
     for img in images:
         if size is not None and img.shape[:2] != (size, size):

@@ -26,12 +26,14 @@ Everything is differentiable with respect to the texture.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from kornia.geometry.transform import get_perspective_transform
 
 from physical_adv.artifacts import read_named_toml
 from physical_adv.attack.jpeg import jpeg_straight_through
@@ -226,8 +228,6 @@ def sample(
     pts = pts @ r.transpose(1, 2)
     pts = pts + dist.misalignment * side.view(n, 1, 1) * (2 * torch.rand(n, 4, 2, generator=g, device=dev) - 1)
     dst = pts + centre.unsqueeze(1)
-    from kornia.geometry.transform import get_perspective_transform
-
     grid_h = get_perspective_transform(dst, unit.expand(n, 4, 2).contiguous())  # output px → [-1, 1]
     # area of the quad → footprint in texels per output pixel → pyramid level
     x, y = dst[..., 0], dst[..., 1]
@@ -270,7 +270,8 @@ def sample(
     )
 
 
-def _pixel_grid(out: int, device, dtype) -> torch.Tensor:
+@functools.lru_cache(maxsize=16)
+def _pixel_grid(out: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     coords = torch.arange(out, device=device, dtype=dtype) + 0.5
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
     return torch.stack([xx.reshape(-1), yy.reshape(-1), torch.ones_like(xx).reshape(-1)], 0)  # (3, out²)

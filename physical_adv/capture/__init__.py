@@ -24,6 +24,7 @@ from physical_adv.artifacts import atomic_write_bytes, atomic_write_json, softwa
 from physical_adv.capture.locate import Locator, box_crop, rectify
 from physical_adv.capture.sources import Camera, ImageFolder, Source, VideoFile
 from physical_adv.errors import UserError
+from physical_adv.images import to_batch
 from physical_adv.manifest import read_manifest
 from physical_adv.markers import Detection, make_detector
 from physical_adv.models import load_model
@@ -102,8 +103,7 @@ def run_capture(cfg: CaptureConfig, show_progress: bool = True) -> CaptureResult
     if cfg.model is None and len(specs) > 1:
         console.print(f"[yellow]warning:[/] the sheet names several models ({', '.join(specs)}); using {spec} (choose with --model)")
     known = manifest.get("models", {}).get(spec, {})
-    model = load_model(spec, cfg.device, classes=known.get("class_names") if spec != "signs" and not spec.startswith("torchvision:") else None,
-                       input_size=known.get("input_size"))
+    model = load_model(spec, cfg.device, classes=known.get("class_names"), input_size=known.get("input_size"))
     names = model.class_names
     for t in manifest["tiles"]:
         if t["true_class"] not in names:
@@ -194,7 +194,7 @@ def _process_frame(frame, ref, index, now, cfg, out, model, locator, detector, t
         crops.append(crop)
     preds = []
     if crops:
-        batch = torch.from_numpy(np.stack(crops)[..., ::-1].copy()).permute(0, 3, 1, 2).float().div_(255).to(model.device)
+        batch = to_batch(np.stack(crops)[..., ::-1]).to(model.device)
         with torch.no_grad():
             probs = torch.softmax(model(batch), 1).cpu()
         top = probs.topk(min(5, probs.shape[1]), 1)

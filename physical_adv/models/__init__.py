@@ -65,8 +65,9 @@ def load_model(
     Args:
         spec: ``signs``, ``torchvision:NAME`` or a TorchScript file path.
         device: ``auto``/``cpu``/``cuda``/``mps`` or a ``torch.device`` (``None`` = auto).
-        classes: class-name file for TorchScript models (one name per line).
-        input_size: input side for TorchScript models (default 224).
+        classes: class names for TorchScript and ``module:factory`` models: a file (one name
+            per line) or a list; built-in models carry their own and ignore it.
+        input_size: input side for TorchScript and ``module:factory`` models (default 224).
 
     Returns:
         A :class:`Classifier`: ``(N, 3, H, W)`` in [0, 1] → logits ``(N, C)``.

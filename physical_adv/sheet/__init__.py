@@ -139,10 +139,9 @@ def _digital_predictions(tiles_src: list) -> list[dict | None]:
     for run, kind in tiles_src:
         rec = run["record"]
         spec = rec["model"]["spec"]
-        builtin = spec == "signs" or spec.startswith("torchvision:")
         try:
             model = loaded.get(spec) or loaded.setdefault(spec, load_model(
-                spec, "cpu", classes=None if builtin else rec["class_names"], input_size=rec["model"].get("input_size")))
+                spec, "cpu", classes=rec["class_names"], input_size=rec["model"].get("input_size")))
         except UserError:
             out.append(None)  # the model is not available here; report will say so
             continue

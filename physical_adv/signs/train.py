@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset
 
 from physical_adv.artifacts import atomic_write_bytes, atomic_write_json, software_versions, utc_now
+from physical_adv.images import to_batch
 from physical_adv.models.base import Classifier, ModelCard
 from physical_adv.models.signs_net import SIGNS_INPUT_SIZE, SIGNS_MEAN, SIGNS_STD, SignNet
 from physical_adv.signs.designs import CLASS_NAMES
@@ -79,12 +80,6 @@ class SceneStream(IterableDataset):
             yield torch.from_numpy(render_batch(rng, bank, labels, self.size)), torch.from_numpy(labels)
 
 
-def to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """``(N, H, W, 3)`` uint8 → ``(N, 3, H, W)`` float32 in [0, 1]."""
-    t = torch.as_tensor(images)
-    return t.permute(0, 3, 1, 2).float().div_(255.0)
-
-
 def evaluate(model: torch.nn.Module, n: int = 2000, seed: int = EVAL_SEED, kind: str | None = None, batch: int = 250) -> dict:
     """Top-1 accuracy of ``model`` on ``n`` fresh scenes from the held-out stream.
 
@@ -107,7 +102,7 @@ def evaluate(model: torch.nn.Module, n: int = 2000, seed: int = EVAL_SEED, kind:
         for start in range(0, n, batch):
             ys = labels[start : start + batch]
             imgs = np.stack([render_scene(rng, bank, int(y), SIGNS_INPUT_SIZE, kind) for y in ys])
-            pred = model(to_tensor(imgs).to(device)).argmax(1).cpu().numpy()
+            pred = model(to_batch(imgs).to(device)).argmax(1).cpu().numpy()
             correct[start : start + batch] = pred == ys
     per_class = {name: float(correct[labels == i].mean()) for i, name in enumerate(CLASS_NAMES) if (labels == i).any()}
     return {"accuracy": float(correct.mean()) if n else float("nan"), "n": n, "per_class": per_class, "seed": seed, "kind": kind or "mixed"}
@@ -125,7 +120,7 @@ def evaluate_style(model: torch.nn.Module, style, n_per_class: int, kind: str | 
     imgs = np.stack([render_scene(rng, bank, int(y), SIGNS_INPUT_SIZE, kind) for y in labels])
     device = next(model.parameters()).device
     with torch.no_grad():
-        pred = model(to_tensor(imgs).to(device)).argmax(1).cpu().numpy()
+        pred = model(to_batch(imgs).to(device)).argmax(1).cpu().numpy()
     return {"accuracy": float((pred == labels).mean()), "n": int(len(labels)), "kind": kind or "mixed"}
 
 
@@ -152,7 +147,7 @@ def train_signs(cfg: TrainConfig, show_progress: bool = True) -> dict:
     with make_progress(disable=not show_progress) as progress:
         task = progress.add_task("train signs", total=steps, info="")
         for step, (imgs, labels) in enumerate(loader):
-            x = ((to_tensor(imgs) - mean) / std).contiguous(memory_format=torch.channels_last)
+            x = ((to_batch(imgs) - mean) / std).contiguous(memory_format=torch.channels_last)
             logits = net(x)
             loss = F.cross_entropy(logits, labels, label_smoothing=0.05)
             opt.zero_grad(set_to_none=True)
