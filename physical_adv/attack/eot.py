@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from kornia.geometry.transform import get_perspective_transform
 
 from physical_adv.artifacts import read_named_toml
-from physical_adv.attack.jpeg import jpeg_straight_through
+from physical_adv.attack.jpeg import jpeg
 from physical_adv.errors import UserError
 
 Range = tuple[float, float]
@@ -170,7 +170,7 @@ class EOTParams:
     blur_sigma: torch.Tensor  # (N,) Gaussian sigma (dot gain and defocus combined)
     motion_length: torch.Tensor  # (N,)
     motion_angle: torch.Tensor  # (N,)
-    noise: torch.Tensor  # (N, 3, S, S) already scaled by each sample's sigma
+    noise: torch.Tensor | None  # (N, 3, S, S) already scaled by each sample's sigma; None = no noise
     jpeg_quality: torch.Tensor  # (N,) 0 = no JPEG
     blur_radius: int = 0  # kernel radius of the blur; 0 = this draw does not blur
 
@@ -195,8 +195,15 @@ def sample(
     out_size: int,
     generator: torch.Generator,
     device: torch.device | str = "cpu",
+    fresh_noise: bool = False,
 ) -> EOTParams:
     """Draw ``n`` transformations.
+
+    Sensor noise comes from a fixed bank of unit-Gaussian planes (:func:`_noise_bank`):
+    each sample takes three planes at random, each with a random sign — about 57 million
+    combinations, at a tenth of the cost of fresh Gaussian draws, which at 224 px were the
+    largest single cost of sampling. ``fresh_noise=True`` draws new noise instead (the
+    held-out evaluation does, so it never sees a noise field the optimisation saw).
 
     Args:
         dist: the parameter ranges.
@@ -204,6 +211,7 @@ def sample(
         texture_size: side of the square texture at print resolution (pixels).
         out_size: side of the model input (pixels).
         generator: the only randomness source; must live on ``device``.
+        fresh_noise: draw new Gaussian noise instead of combining planes of the bank.
 
     Returns:
         An :class:`EOTParams` on ``device``.
@@ -259,15 +267,38 @@ def sample(
     blur_sigma = torch.sqrt(u(dist.dot_gain) ** 2 + u(dist.defocus) ** 2)
     motion = u(dist.motion_blur) * (torch.rand(n, generator=g, device=dev) < dist.motion_blur_p)
     motion_angle = u((0.0, math.pi))
-    noise = torch.randn(n, 3, out_size, out_size, generator=g, device=dev) * u(dist.noise).view(n, 1, 1, 1)
+    sigma = u(dist.noise)
+    if dist.noise[1] == 0:
+        noise = None
+    elif fresh_noise:
+        noise = torch.randn(n, 3, out_size, out_size, generator=g, device=dev) * sigma.view(n, 1, 1, 1)
+    else:  # three planes of the fixed bank per sample, each with a random sign
+        bank = _noise_bank(out_size, dev)
+        pick = torch.randint(len(bank), (n * 3,), generator=g, device=dev)
+        signs = torch.randint(2, (n, 3), generator=g, device=dev) * 2 - 1
+        noise = bank.index_select(0, pick).view(n, 3, out_size, out_size) * (signs * sigma.view(n, 1)).view(n, 3, 1, 1)
     quality = u(dist.jpeg_quality).round() * (torch.rand(n, generator=g, device=dev) < dist.jpeg_p)
-    order = torch.argsort(level, stable=True)
+    order = torch.argsort(level, stable=True)  # (the noise rows are i.i.d.: they need no reordering)
     return EOTParams(
         out_size=out_size, grid_h=grid_h[order], level=level[order], colour_a=a[order], colour_b=b[order],
         gradient=gradient[order], gamma=gamma[order], blur_sigma=blur_sigma[order], motion_length=motion[order],
-        motion_angle=motion_angle[order], noise=noise[order], jpeg_quality=quality[order],
+        motion_angle=motion_angle[order], noise=noise, jpeg_quality=quality[order],
         blur_radius=blur_radius(dist) if bool((blur_sigma > 0).any() or (motion > 0).any()) else 0,
     )
+
+
+NOISE_BANK_SEED = 0x5E75
+NOISE_BANK_BYTES = 64 * 2**20
+
+
+@functools.lru_cache(maxsize=4)
+def _noise_bank(size: int, device: torch.device) -> torch.Tensor:
+    """``(P, size, size)`` unit-Gaussian planes, drawn once per size and device from a fixed
+    seed (a constant table, like a quantisation table: the randomness of a draw is in which
+    planes it picks). ``P`` is 192, or fewer where that would pass 64 MiB (never below 48)."""
+    planes = max(48, min(192, NOISE_BANK_BYTES // (4 * size * size)))
+    g = torch.Generator(device=device).manual_seed(NOISE_BANK_SEED)
+    return torch.randn(planes, size, size, generator=g, device=device)
 
 
 @functools.lru_cache(maxsize=16)
@@ -293,7 +324,7 @@ def warp_texture(texture: torch.Tensor, params: EOTParams) -> torch.Tensor:
         g = grid[start : start + count]
         pieces.append(F.grid_sample(level_img.expand(count, -1, -1, -1), g, mode="bilinear", padding_mode="zeros", align_corners=False))
         start += count
-    return torch.cat(pieces, 0) + 1.0
+    return (torch.cat(pieces, 0) if len(pieces) > 1 else pieces[0]) + 1.0
 
 
 def blur_radius(dist: EOTDistribution) -> int:
@@ -318,7 +349,21 @@ def blur_kernels(sigma: torch.Tensor, length: torch.Tensor, angle: torch.Tensor,
     px, py = along * torch.cos(angle).view(n, 1, 1, 1), along * torch.sin(angle).view(n, 1, 1, 1)
     s2 = 2 * sigma.clamp_min(MIN_BLUR_SIGMA).view(n, 1, 1, 1) ** 2
     psf = torch.exp(-((xx - px) ** 2 + (yy - py) ** 2) / s2).sum(1)
+    psf = psf * (psf > 1e-9 * psf.amax((1, 2), keepdim=True))  # no denormals: they slow a CPU convolution ~10×
     return psf / psf.sum((1, 2), keepdim=True)
+
+
+def _blur_parts(images: torch.Tensor, sigma: torch.Tensor, length: torch.Tensor, angle: torch.Tensor,
+                radius: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The zero-padded blur of ``images`` and, per sample and pixel, one over the kernel mass
+    that fell inside the frame (see :func:`_blur`)."""
+    n, ch, h, w = images.shape
+    psf = blur_kernels(sigma.to(images.dtype), length.to(images.dtype), angle.to(images.dtype), radius)
+    weight = psf.unsqueeze(1)  # (N, 1, k, k)
+    with torch.no_grad():
+        inside = F.conv2d(images.new_ones(1, n, h, w), weight, groups=n, padding=radius).reshape(n, 1, h, w)
+    out = F.conv2d(images.reshape(1, n * ch, h, w), weight.repeat_interleave(ch, 0), groups=n * ch, padding=radius)
+    return out.reshape(n, ch, h, w), inside.reciprocal_()
 
 
 def _blur(images: torch.Tensor, sigma: torch.Tensor, length: torch.Tensor, angle: torch.Tensor, radius: int) -> torch.Tensor:
@@ -326,12 +371,75 @@ def _blur(images: torch.Tensor, sigma: torch.Tensor, length: torch.Tensor, angle
 
     At these sizes a depthwise convolution with a kernel fixed by the distribution costs a
     fifth of an FFT pair, and a fixed kernel size lets oneDNN reuse its plan every step.
+    The frame's edge is handled by normalised convolution — zero padding inside the
+    convolution, divided by the kernel mass that falls inside the frame — which reads like
+    replicate padding for smooth content and avoids a padding op (and its backward) that
+    cost as much as the convolution itself. (:func:`render` folds that division into the
+    sensor stage.)
     """
-    n, ch, h, w = images.shape
-    psf = blur_kernels(sigma.to(images.dtype), length.to(images.dtype), angle.to(images.dtype), radius)
-    weight = psf.repeat_interleave(ch, 0).unsqueeze(1)  # (N·C, 1, k, k)
-    padded = F.pad(images, (radius,) * 4, mode="replicate").reshape(1, n * ch, h + 2 * radius, w + 2 * radius)
-    return F.conv2d(padded, weight, groups=n * ch).reshape(n, ch, h, w)
+    out, scale = _blur_parts(images, sigma, length, angle, radius)
+    return out * scale
+
+
+class _Photometric(torch.autograd.Function):
+    """Colour affine map, lighting ramp and gamma in one step whose backward pass is one
+    multiply and one batched matmul: the forward pass keeps the local derivative
+    ``γ·y/z`` (times the ramp) instead of letting autograd re-run ``pow`` and its masks."""
+
+    @staticmethod
+    def forward(ctx, x, a, b, ramp, gamma):
+        n, c, h, w = x.shape
+        z = torch.baddbmm(b.view(n, c, 1), a, x.reshape(n, c, h * w)).view(n, c, h, w)
+        if ramp is not None:
+            z = z.mul_(ramp)
+        if gamma is None:
+            ctx.save_for_backward(a, ramp)
+            return z
+        floor = z.clamp_min(1e-4)
+        y = floor.pow(gamma.view(n, 1, 1, 1))
+        slope = (y / floor).mul_(gamma.view(n, 1, 1, 1)).mul_(z > 1e-4)
+        if ramp is not None:
+            slope = slope.mul_(ramp)
+        ctx.save_for_backward(a, slope)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, scale = ctx.saved_tensors
+        if scale is not None:
+            grad = grad * scale
+        n, c, h, w = grad.shape
+        gx = torch.bmm(a.transpose(1, 2), grad.reshape(n, c, h * w)).view(n, c, h, w)
+        return gx, None, None, None, None
+
+
+class _Sensor(torch.autograd.Function):
+    """A per-pixel gain (the blur's edge normalisation), sensor noise, clipping to [0, 1] and
+    the JPEG round trip in one step. The codec is straight-through (BPDA: identity in the
+    backward pass), so the stage's backward pass is one multiply by the gain where the clip
+    let the value through."""
+
+    @staticmethod
+    def forward(ctx, x, gain, noise, quality):
+        v = x if gain is None else x * gain
+        if noise is not None:
+            v = v + noise if v is x else v.add_(noise)
+        y = v.clamp(0, 1)
+        inside = v == y
+        ctx.save_for_backward(inside if gain is None else inside * gain)
+        rows = quality > 0
+        if bool(rows.any()):
+            if bool(rows.all()):
+                y = jpeg(y, quality)
+            else:
+                idx = rows.nonzero().squeeze(1)
+                y.index_copy_(0, idx, jpeg(y.index_select(0, idx), quality.index_select(0, idx)))
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (slope,) = ctx.saved_tensors
+        return grad * slope, None, None, None
 
 
 def render(texture: torch.Tensor, params: EOTParams) -> torch.Tensor:
@@ -348,21 +456,15 @@ def render(texture: torch.Tensor, params: EOTParams) -> torch.Tensor:
         texture = texture.unsqueeze(0)
     x = warp_texture(texture, params)
     n, _, h, w = x.shape
-    x = torch.einsum("nij,njhw->nihw", params.colour_a.to(x.dtype), x) + params.colour_b.to(x.dtype).view(n, 3, 1, 1)
+    ramp = None
     if bool((params.gradient != 0).any()):
         coords = (torch.arange(h, device=x.device, dtype=x.dtype) + 0.5) / h - 0.5
-        ramp = 1 + params.gradient[:, 0].view(n, 1, 1) * coords.view(1, 1, w) + params.gradient[:, 1].view(n, 1, 1) * coords.view(1, h, 1)
-        x = x * ramp.unsqueeze(1)
-    if bool((params.gamma != 1).any()):
-        x = x.clamp_min(1e-4) ** params.gamma.to(x.dtype).view(n, 1, 1, 1)
+        ramp = (1 + params.gradient[:, 0].to(x.dtype).view(n, 1, 1) * coords.view(1, 1, w)
+                + params.gradient[:, 1].to(x.dtype).view(n, 1, 1) * coords.view(1, h, 1)).unsqueeze(1)
+    gamma = params.gamma.to(x.dtype) if bool((params.gamma != 1).any()) else None
+    x = _Photometric.apply(x, params.colour_a.to(x.dtype), params.colour_b.to(x.dtype), ramp, gamma)
+    gain = None
     if params.blur_radius:
-        x = _blur(x, params.blur_sigma, params.motion_length, params.motion_angle, params.blur_radius)
-    x = (x + params.noise.to(x.dtype)).clamp(0, 1)
-    jpeg_rows = params.jpeg_quality > 0
-    if bool(jpeg_rows.any()):
-        if bool(jpeg_rows.all()):
-            x = jpeg_straight_through(x, params.jpeg_quality)
-        else:
-            idx = jpeg_rows.nonzero().squeeze(1)
-            x = x.index_copy(0, idx, jpeg_straight_through(x.index_select(0, idx), params.jpeg_quality.index_select(0, idx)))
-    return x
+        x, gain = _blur_parts(x, params.blur_sigma, params.motion_length, params.motion_angle, params.blur_radius)
+    noise = None if params.noise is None else params.noise.to(x.dtype)
+    return _Sensor.apply(x, gain, noise, params.jpeg_quality)

@@ -33,10 +33,11 @@ _RGB_TO_YCC = [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.4186
 
 @functools.lru_cache(maxsize=16)
 def _constants(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """RGB→YCbCr, its inverse and the 64×64 block DCT, built once per device and dtype."""
+    """RGB in [0, 1] → YCbCr in [0, 255], its inverse and the 64×64 block DCT, built once per
+    device and dtype (the ×255 lives in the colour matrices, saving two passes over the images)."""
     m = torch.tensor(_RGB_TO_YCC, dtype=torch.float64)
     d = _dct_matrix("cpu", torch.float64)
-    return tuple(t.to(device=device, dtype=dtype) for t in (m, torch.linalg.inv(m), torch.kron(d, d)))
+    return tuple(t.to(device=device, dtype=dtype) for t in (m * 255.0, torch.linalg.inv(m) / 255.0, torch.kron(d, d)))
 
 
 def _dct_matrix(device, dtype) -> torch.Tensor:
@@ -95,7 +96,7 @@ def jpeg(images: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     ph, pw = (-h) % 16, (-w) % 16
     x = F.pad(images, (0, pw, 0, ph), mode="replicate") if ph or pw else images
     m, m_inv, dct2 = _constants(x.device, x.dtype)
-    ycc = torch.einsum("ij,njhw->nihw", m, x * 255.0)
+    ycc = torch.einsum("ij,njhw->nihw", m, x)
     luma = ycc[:, :1] - 128.0
     chroma = F.avg_pool2d(ycc[:, 1:], 2)
     qy, qc = quality_tables(quality.to(x.device))
@@ -103,16 +104,5 @@ def jpeg(images: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     # Decoders interpolate chroma ("fancy upsampling"); bilinear is close to libjpeg's.
     chroma = F.interpolate(_blocks_roundtrip(chroma, qc.to(x.dtype), dct2), scale_factor=2, mode="bilinear", align_corners=False)
     ycc = torch.cat([luma, chroma], 1)
-    rgb = torch.einsum("ij,njhw->nihw", m_inv, ycc) / 255.0
+    rgb = torch.einsum("ij,njhw->nihw", m_inv, ycc)
     return rgb[:, :, :h, :w].clamp(0, 1)
-
-
-def jpeg_straight_through(images: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
-    """JPEG in the forward pass, identity in the backward pass (BPDA, Athalye et al. 2018).
-
-    The EOT renderer uses this: the forward pass is the real codec round trip, and skipping
-    the backward of the quantisation surrogate halves the codec's cost per step.
-    """
-    with torch.no_grad():
-        compressed = jpeg(images, quality)
-    return images + (compressed - images).detach()

@@ -182,7 +182,8 @@ def evaluate_texture(model, texture: torch.Tensor, dist: eot.EOTDistribution, n:
     probs, first = [], None
     with torch.no_grad():
         for start in range(0, n, batch):
-            params = eot.sample(dist, min(batch, n - start), texture.shape[-1], model.input_size, generator, texture.device)
+            params = eot.sample(dist, min(batch, n - start), texture.shape[-1], model.input_size, generator, texture.device,
+                                fresh_noise=True)
             images = eot.render(texture, params)
             probs.append(torch.softmax(model(images), 1).cpu())
             if first is None:
