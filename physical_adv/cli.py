@@ -17,6 +17,7 @@ except ImportError:  # older typer on top of click
 
 from physical_adv import __version__
 from physical_adv.errors import UserError
+from physical_adv.memory import keep_freed_memory
 
 app = typer.Typer(
     name="physical-adv",
@@ -308,6 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     verbose = "--verbose" in args
     args = [a for a in args if a != "--verbose"]
     command = typer.main.get_command(app)
+    keep_freed_memory()
     try:
         result = command.main(args=args, prog_name="physical-adv", standalone_mode=False)
     except typer.Exit as exc:

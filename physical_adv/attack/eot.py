@@ -361,9 +361,26 @@ def _blur_parts(images: torch.Tensor, sigma: torch.Tensor, length: torch.Tensor,
     psf = blur_kernels(sigma.to(images.dtype), length.to(images.dtype), angle.to(images.dtype), radius)
     weight = psf.unsqueeze(1)  # (N, 1, k, k)
     with torch.no_grad():
-        inside = F.conv2d(images.new_ones(1, n, h, w), weight, groups=n, padding=radius).reshape(n, 1, h, w)
+        inside = _mass_inside(weight, radius, h, w)
     out = F.conv2d(images.reshape(1, n * ch, h, w), weight.repeat_interleave(ch, 0), groups=n * ch, padding=radius)
     return out.reshape(n, ch, h, w), inside.reciprocal_()
+
+
+def _mass_inside(weight: torch.Tensor, radius: int, h: int, w: int) -> torch.Tensor:
+    """``(N, 1, h, w)``: the part of each sample's kernel ``weight`` ``(N, 1, k, k)`` that falls
+    inside an ``h × w`` frame, centred on each pixel. It depends only on how close the pixel
+    is to each edge, so it is computed on a ``(2r+1)²`` canvas (row ``r`` stands for the whole
+    interior) and spread out by indexing — a fraction of the cost of convolving a frame of ones."""
+    n, k = weight.shape[0], 2 * radius + 1
+    if min(h, w) <= k:
+        return F.conv2d(weight.new_ones(1, n, h, w), weight, groups=n, padding=radius).reshape(n, 1, h, w)
+    small = F.conv2d(weight.new_ones(1, n, k, k), weight, groups=n, padding=radius).reshape(n, 1, k, k)
+
+    def rows(size: int) -> torch.Tensor:
+        i = torch.arange(size, device=weight.device)
+        return torch.where(i < radius, i, torch.where(i >= size - radius, i - (size - k), torch.full_like(i, radius)))
+
+    return small.index_select(2, rows(h)).index_select(3, rows(w))
 
 
 def _blur(images: torch.Tensor, sigma: torch.Tensor, length: torch.Tensor, angle: torch.Tensor, radius: int) -> torch.Tensor:
@@ -395,11 +412,13 @@ class _Photometric(torch.autograd.Function):
         if gamma is None:
             ctx.save_for_backward(a, ramp)
             return z
-        floor = z.clamp_min(1e-4)
-        y = floor.pow(gamma.view(n, 1, 1, 1))
-        slope = (y / floor).mul_(gamma.view(n, 1, 1, 1)).mul_(z > 1e-4)
-        if ramp is not None:
-            slope = slope.mul_(ramp)
+        # in place where possible: every fresh image-sized buffer costs page faults on a CPU
+        g = gamma.view(n, 1, 1, 1)
+        lit = z > 1e-4
+        floor = z.clamp_min_(1e-4)
+        y = floor.pow(g)
+        # dy/dx = γ·y/z·ramp where z > 0 (and 0 where the floor holds)
+        slope = torch.div(y, floor, out=floor).mul_(g if ramp is None else g * ramp).mul_(lit)
         ctx.save_for_backward(a, slope)
         return y
 
@@ -424,9 +443,11 @@ class _Sensor(torch.autograd.Function):
         v = x if gain is None else x * gain
         if noise is not None:
             v = v + noise if v is x else v.add_(noise)
-        y = v.clamp(0, 1)
-        inside = v == y
-        ctx.save_for_backward(inside if gain is None else inside * gain)
+        if v is x:
+            v = x.clone()
+        inside = (v >= 0) & (v <= 1)  # where the clip lets the value through
+        y = v.clamp_(0, 1)
+        ctx.save_for_backward(inside, gain)
         rows = quality > 0
         if bool(rows.any()):
             if bool(rows.all()):
@@ -438,8 +459,9 @@ class _Sensor(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        (slope,) = ctx.saved_tensors
-        return grad * slope, None, None, None
+        inside, gain = ctx.saved_tensors
+        grad = grad * inside
+        return grad if gain is None else grad.mul_(gain), None, None, None
 
 
 def render(texture: torch.Tensor, params: EOTParams) -> torch.Tensor:

@@ -75,10 +75,10 @@ def _blocks_roundtrip(plane: torch.Tensor, table: torch.Tensor, dct2: torch.Tens
     """
     n, c, h, w = plane.shape
     blocks = plane.reshape(n, c, h // 8, 8, w // 8, 8).permute(0, 1, 2, 4, 3, 5).reshape(n, -1, 64)
-    coef = blocks @ dct2.T
     t = table.reshape(n, 1, 64)
-    coef = diff_round(coef / t) * t
-    blocks = (coef @ dct2).reshape(n, c, h // 8, w // 8, 8, 8).permute(0, 1, 2, 4, 3, 5)
+    # quantisation folded into per-image matrices: DCT then ÷ table, and × table then inverse DCT
+    coef = diff_round(torch.bmm(blocks, dct2.T / t))
+    blocks = torch.bmm(coef, t.transpose(1, 2) * dct2).reshape(n, c, h // 8, w // 8, 8, 8).permute(0, 1, 2, 4, 3, 5)
     return blocks.reshape(n, c, h, w)
 
 
@@ -96,13 +96,17 @@ def jpeg(images: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     ph, pw = (-h) % 16, (-w) % 16
     x = F.pad(images, (0, pw, 0, ph), mode="replicate") if ph or pw else images
     m, m_inv, dct2 = _constants(x.device, x.dtype)
-    ycc = torch.einsum("ij,njhw->nihw", m, x)
+    hh, ww = x.shape[-2:]
+    # colour conversions as (3×3) @ (3, pixels) products: no permuted copies as with einsum
+    ycc = torch.matmul(m, x.reshape(n, 3, hh * ww)).view(n, 3, hh, ww)
     luma = ycc[:, :1] - 128.0
     chroma = F.avg_pool2d(ycc[:, 1:], 2)
     qy, qc = quality_tables(quality.to(x.device))
-    luma = _blocks_roundtrip(luma, qy.to(x.dtype), dct2) + 128.0
+    luma = _blocks_roundtrip(luma, qy.to(x.dtype), dct2)
     # Decoders interpolate chroma ("fancy upsampling"); bilinear is close to libjpeg's.
     chroma = F.interpolate(_blocks_roundtrip(chroma, qc.to(x.dtype), dct2), scale_factor=2, mode="bilinear", align_corners=False)
-    ycc = torch.cat([luma, chroma], 1)
-    rgb = torch.einsum("ij,njhw->nihw", m_inv, ycc)
+    # back to RGB without concatenating: m_inv[:, 0]·(luma + 128) + m_inv[:, 1:] @ chroma
+    luma_col = m_inv[:, :1].reshape(1, 3, 1)
+    rgb = torch.addcmul(128.0 * luma_col, luma.reshape(n, 1, hh * ww), luma_col)
+    rgb = torch.baddbmm(rgb, m_inv[:, 1:].expand(n, 3, 2), chroma.reshape(n, 2, hh * ww)).view(n, 3, hh, ww)
     return rgb[:, :, :h, :w].clamp(0, 1)
