@@ -47,7 +47,7 @@ def best_margin(model, image: torch.Tensor, label: int, eps: float, steps: int, 
             delta.requires_grad_(True)
             m = margin(model(render((image + delta).clamp(0, 1))), label).sum()
             grad = torch.autograd.grad(m, delta)[0]
-            best = max(best, float(m))
+            best = max(best, float(m.detach()))
             alpha = eps / 8 * 0.5 * (1 + math.cos(math.pi * step / steps)) + eps / 100
             delta = (delta + alpha * grad.sign()).clamp(-eps, eps).detach()
         if best > 0:
