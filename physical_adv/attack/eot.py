@@ -17,11 +17,14 @@ model's input size in a fixed, short sequence of batched ops:
 3. **light** — a linear lighting gradient, then gamma;
 4. **optics** — dot gain, defocus (Gaussian) and motion blur (a line) combined into one
    point-spread function per sample and applied as one depthwise convolution;
-5. **sensor** — additive Gaussian noise;
+5. **sensor** — additive Gaussian noise (planes of a fixed bank during optimisation, see
+   :func:`sample`), then clipping to [0, 1];
 6. **compression** — the JPEG round trip of :mod:`physical_adv.attack.jpeg` in the forward
    pass, with a straight-through (identity) backward pass (BPDA).
 
-Everything is differentiable with respect to the texture.
+Everything is differentiable with respect to the texture. Stages 2–3 and 5–6 are two
+autograd functions with hand-written backward passes (few image-sized passes; checked
+against finite differences in the tests).
 """
 
 from __future__ import annotations
