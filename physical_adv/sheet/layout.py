@@ -9,7 +9,10 @@ from pathlib import Path
 from physical_adv.artifacts import read_named_toml
 from physical_adv.errors import UserError
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "print_templates"
+# Installed from a wheel the templates ship inside the package; in a source checkout
+# (the editable install) they are the repository's top-level print_templates/.
+_PACKAGED = Path(__file__).resolve().parents[1] / "print_templates"
+TEMPLATE_DIR = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parents[2] / "print_templates"
 
 
 @dataclass(frozen=True)
