@@ -443,11 +443,12 @@ class _Sensor(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, gain, noise, quality):
-        v = x if gain is None else x * gain
-        if noise is not None:
-            v = v + noise if v is x else v.add_(noise)
-        if v is x:
-            v = x.clone()
+        if gain is not None:
+            v = x * gain
+            if noise is not None:
+                v.add_(noise)
+        else:
+            v = x + noise if noise is not None else x.clone()
         inside = (v >= 0) & (v <= 1)  # where the clip lets the value through
         y = v.clamp_(0, 1)
         ctx.save_for_backward(inside, gain)
