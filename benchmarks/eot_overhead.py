@@ -7,9 +7,9 @@ For each model, in one process and interleaved (a, b, a, b, …), with medians o
   (a) one EOT attack step: sample 32 print-camera transformations, render the 512 px texture
       to the model's input, forward, backward to the texture, signed step and projection;
   (b) the model's bare forward+backward on an already-transformed batch of the same size.
-It prints (a)/(b). glibc's malloc is tuned as the command line tunes it
-(``physical_adv.memory.keep_freed_memory``) unless ``--default-malloc``. Then it runs the same EOT work — same model, 32 transformation samples
-per step, comparable transforms — with torchattacks' EOTPGD (kornia augmentations inside the
+It prints (a)/(b); glibc's malloc is tuned as the command line tunes it
+(``physical_adv.memory.keep_freed_memory``) unless ``--default-malloc``. Then it runs the
+same EOT work — same model, 32 transformation samples per step, comparable transforms — with torchattacks' EOTPGD (kornia augmentations inside the
 model's forward, its loop of eot_iter passes) and with ART's PyTorch EoT preprocessing
 (rotation ×32, brightness, contrast, noise) through ``loss_gradient``, and prints our
 speed-up over each as ``peers`` — for ART also against our renderer restricted to ART's

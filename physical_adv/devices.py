@@ -44,4 +44,3 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
             raise UserError("--device mps was asked for but Apple MPS is not available (try --device cpu)")
         return torch.device("mps")
     raise UserError(f"unknown device {name!r}; choose one of {', '.join(DEVICE_CHOICES)}")
-

@@ -378,12 +378,15 @@ def _mass_inside(weight: torch.Tensor, radius: int, h: int, w: int) -> torch.Ten
     if min(h, w) <= k:
         return F.conv2d(weight.new_ones(1, n, h, w), weight, groups=n, padding=radius).reshape(n, 1, h, w)
     small = F.conv2d(weight.new_ones(1, n, k, k), weight, groups=n, padding=radius).reshape(n, 1, k, k)
+    return small.index_select(2, _edge_rows(h, radius, weight.device)).index_select(3, _edge_rows(w, radius, weight.device))
 
-    def rows(size: int) -> torch.Tensor:
-        i = torch.arange(size, device=weight.device)
-        return torch.where(i < radius, i, torch.where(i >= size - radius, i - (size - k), torch.full_like(i, radius)))
 
-    return small.index_select(2, rows(h)).index_select(3, rows(w))
+@functools.lru_cache(maxsize=16)
+def _edge_rows(size: int, radius: int, device: torch.device) -> torch.Tensor:
+    """For each of ``size`` rows, its row on the ``(2r+1)`` canvas of :func:`_mass_inside`
+    (built once per size: it is the same every step)."""
+    i = torch.arange(size, device=device)
+    return torch.where(i < radius, i, torch.where(i >= size - radius, i - (size - 2 * radius - 1), torch.full_like(i, radius)))
 
 
 def _blur(images: torch.Tensor, sigma: torch.Tensor, length: torch.Tensor, angle: torch.Tensor, radius: int) -> torch.Tensor:
