@@ -20,36 +20,37 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 
 import torch
 
 from physical_adv.attack import eot
+from physical_adv.attack.loop import optimize
+from physical_adv.attack.objectives import margin_objective
+from physical_adv.attack.threat import LinfBall
 from physical_adv.images import load_image, to_batch
 from physical_adv.models import load_model
 from physical_adv.stats import wilson_interval
 
 
-def margin(logits: torch.Tensor, label: int) -> torch.Tensor:
-    others = logits.clone()
-    others[:, label] = float("-inf")
-    return others.amax(1) - logits[:, label]
-
-
 def best_margin(model, image: torch.Tensor, label: int, eps: float, steps: int, restarts: int,
-                render, generator: torch.Generator) -> float:
-    """The largest margin the attack reaches on ``render(image + δ)`` with ‖δ‖∞ ≤ eps."""
+                sampler, generator: torch.Generator) -> float:
+    """The largest margin (best other logit − true logit) that the project's attack loop
+    reaches on ``model(sampler(x))`` with ‖x − image‖∞ ≤ eps, over up to ``restarts`` runs
+    (the first from ``image``, the others from random points); stops at the first success."""
+    objective = functools.partial(margin_objective, targeted=False, kappa=math.inf)
+    labels = torch.tensor([label])
+
+    def alpha(step: int) -> float:  # cosine decay from eps/8 to eps/100
+        return eps / 8 * 0.5 * (1 + math.cos(math.pi * step / steps)) + eps / 100
+
     best = float("-inf")
     for restart in range(restarts):
-        delta = torch.zeros_like(image) if restart == 0 else (torch.rand(image.shape, generator=generator) * 2 - 1) * eps
-        for step in range(steps):
-            delta.requires_grad_(True)
-            m = margin(model(render((image + delta).clamp(0, 1))), label).sum()
-            grad = torch.autograd.grad(m, delta)[0]
-            best = max(best, float(m.detach()))
-            alpha = eps / 8 * 0.5 * (1 + math.cos(math.pi * step / steps)) + eps / 100
-            delta = (delta + alpha * grad.sign()).clamp(-eps, eps).detach()
+        result = optimize(model, image, labels, threat=LinfBall(eps), objective=objective, steps=steps, alpha=alpha,
+                          targeted=False, sampler=sampler, random_start=restart > 0, generator=generator)
+        best = max(best, max(r.margin for r in result.history))
         if best > 0:
             break
     return best
@@ -78,7 +79,7 @@ def main() -> None:
 
     small = to_batch(load_image(f"sign:{args.sign}"), model.input_size)
     for eps in (8, 12, 16):
-        m = best_margin(model, small, label, eps / 255, 300, 5, lambda x: x, g)
+        m = best_margin(model, small, label, eps / 255, 300, 5, None, g)
         result["digital"][eps] = round(m, 2)
         if not args.json:
             print(f"digital, eps {eps}/255: best margin {m:+.2f} ({'fooled' if m > 0 else 'holds'})", flush=True)
