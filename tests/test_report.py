@@ -1,13 +1,14 @@
-"""Report: Wilson intervals, pooling, truncated logs, bad inputs, the HTML file, and the demo."""
+"""Report: clustered intervals, destruction rates, denominators, pooling, truncated logs, bad inputs and the
+HTML file, on capture folders written by hand (the demo's own report is tested in test_demo.py)."""
 
 import json
 import shutil
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from helpers import assert_one_line_error, run_cli
-from physical_adv.cli import main
-from physical_adv.demo import DemoConfig, run_demo
 from physical_adv.report import compute_report, pool
 from physical_adv.stats import wilson_interval
 
@@ -30,78 +31,307 @@ def test_wilson_interval_of_nothing_is_everything():
     assert wilson_interval(0, 0) == (0.0, 1.0)
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "d"
-    report = run_demo(DemoConfig(out=out, steps=3, photos=8, device="cpu"))
-    return out, report
+# --- synthetic capture folders: a manifest and a log written by hand ---------------------------
+
+SQUARE = [[0.0, 0.0], [100.0, 0.0], [100.0, 100.0], [0.0, 100.0]]
+FILLER = ["give way", "no entry", "one way", "pedestrians", "roadworks"]
 
 
-def test_demo_writes_sheet_capture_and_report(demo):
-    out, report = demo
-    assert (out / "sheet.pdf").is_file() and (out / "sheet.json").is_file()
-    assert (out / "capture" / "report.json").is_file() and (out / "capture" / "report.html").is_file()
-    assert len(report["tiles"]) == 4 and report["schema"] == 1
-    assert report["summary"]["clean"]["accuracy"]["rate"] >= 0.95
+def _tile(tile_id, kind, run, digital_top5, true="stop", target=None):
+    return {"tile_id": tile_id, "page": 1, "kind": kind, "run": run, "model": "signs", "true_class": true,
+            "target_class": target, "bbox_mm": [0, 0, 40, 40], "marker_ids": [4 * int(tile_id) + i for i in range(4)],
+            "digital": None if digital_top5 is None else {"pred": digital_top5[0], "top5": digital_top5}}
 
 
-def test_report_json_has_documented_shape(demo):
-    _, report = demo
+def _top5(*first):
+    return list(first) + [c for c in FILLER if c not in first][: 5 - len(first)]
+
+
+def _line(frame, tile_id, top5=None, pose=None, reason="no marker visible", time=None):
+    """One log line as capture writes it; ``top5=None`` is a tile not found. ``pose`` shifts the
+    tile's corners by 50 px per unit (a distinct view); by default each frame is its own pose."""
+    line = {"frame": frame, "time": round(1000.0 + 0.04 * frame, 3) if time is None else time, "tile_id": tile_id}
+    if top5 is None:
+        return {**line, "found": False, "markers_used": [], "reason": reason}
+    shift = 50.0 * (frame if pose is None else pose)
+    return {**line, "found": True, "markers_used": [0, 1, 2, 3], "corners_px": [[x + shift, y] for x, y in SQUARE],
+            "pred": top5[0], "confidence": 0.9, "top5": [{"class": c, "prob": round(0.9 / (i + 1), 3)} for i, c in enumerate(top5)]}
+
+
+def write_capture(folder, tiles, lines, sheet_id="synthetic", tags=None, crops=False, source=None):
+    """A capture folder as ``capture`` writes it; with ``crops``, a small PNG for each found tile of frame 0."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if crops:
+        lines = [dict(l) for l in lines]
+        for l in lines:
+            if l["found"] and l["frame"] == 0:
+                l["crop"] = f"crops/{l['tile_id']}/frame_000000.png"
+                (folder / l["crop"]).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.full((8, 8, 3), 30 * int(l["tile_id"]), np.uint8)).save(folder / l["crop"])
+    (folder / "session.json").write_text(json.dumps({
+        "manifest": {"sheet_id": sheet_id, "tiles": tiles, "markers": []}, "tags": tags or {}, "source": source or {"kind": "images"}}))
+    (folder / "detections.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+    return folder
+
+
+def _copies_log(copies, photos=10, fooled=7):
+    """``photos`` distinct photos of one adversarial tile and its control, each logged ``copies``
+    times in a row with identical corners (a still pose filmed for ``copies`` frames)."""
+    lines = []
+    for frame in range(photos * copies):
+        photo = frame // copies if copies > 1 else frame
+        adv = _top5("yield") if photo % photos < fooled else _top5("stop")
+        lines += [_line(frame, "01", adv, pose=photo), _line(frame, "02", _top5("stop"), pose=photo)]
+    return lines
+
+
+PAIR = [_tile("01", "adversarial", "runs/a", _top5("yield")), _tile("02", "clean", "runs/a", _top5("stop"))]
+
+
+def _width(ci):
+    return ci[1] - ci[0]
+
+
+def test_copied_frames_give_the_interval_of_the_distinct_photos_not_of_the_frames(tmp_path):
+    report = compute_report(pool([write_capture(tmp_path / "c", PAIR, _copies_log(copies=30))]))
+    adv = report["tiles"][0]
+    assert adv["frames"] == 300 and adv["untargeted_success"] == pytest.approx(0.7)  # the per-frame point estimate
+    ten_photos = _width(wilson_interval(7, 10))
+    assert abs(_width(adv["ci"]["untargeted_success"]) - ten_photos) <= 0.1 * ten_photos
+    assert _width(wilson_interval(210, 300)) < 0.5 * ten_photos  # what treating frames as trials would give
+    rate = adv["rates"]["untargeted_success"]
+    assert rate["clusters"] == 10 and rate["n_eff"] == pytest.approx(10.0) and rate["method"] == "wilson-design-effect"
+    assert report["intervals"]["method"] == "wilson-design-effect"
+
+
+def test_a_flickering_detection_does_not_split_a_held_pose(tmp_path):
+    # every 7th frame tile 01 is lost (a marker flickers out); the held poses are still 10 trials
+    lines = [_line(l["frame"], "01", None) if l["tile_id"] == "01" and l["frame"] % 7 == 3 else l
+             for l in _copies_log(copies=30)]
+    tile = compute_report(pool([write_capture(tmp_path / "c", PAIR, lines)]))["tiles"][0]
+    assert tile["found"] < 300 and tile["rates"]["untargeted_success"]["clusters"] == 10
+    assert tile["rates"]["untargeted_success"]["n_eff"] < 11
+
+
+def test_a_video_of_held_poses_processed_slowly_still_counts_each_pose_once(tmp_path):
+    # capture took 2 s per frame (wall clock), but the video was filmed at 30 fps
+    lines = [{**l, "time": 1000.0 + 2.0 * l["frame"], "source": {"file": "v.mp4", "frame_index": l["frame"]}}
+             for l in _copies_log(copies=30)]
+    capture = write_capture(tmp_path / "c", PAIR, lines, source={"kind": "video", "file": "v.mp4", "fps": 30.0})
+    rate = compute_report(pool([capture]))["tiles"][0]["rates"]["untargeted_success"]
+    assert rate["clusters"] == 10 and rate["n_eff"] == pytest.approx(10.0)
+
+
+def test_distinct_frames_keep_the_plain_wilson_interval(tmp_path):
+    report = compute_report(pool([write_capture(tmp_path / "c", PAIR, _copies_log(copies=1, photos=300, fooled=210))]))
+    adv = report["tiles"][0]
+    plain = _width(wilson_interval(210, 300))
+    assert adv["rates"]["untargeted_success"]["n_eff"] == pytest.approx(300.0)
+    assert abs(_width(adv["ci"]["untargeted_success"]) - plain) <= 0.1 * plain
+
+
+def test_all_successes_over_copied_frames_count_each_photo_once(tmp_path):
+    report = compute_report(pool([write_capture(tmp_path / "c", PAIR, _copies_log(copies=30, fooled=10))]))
+    assert report["tiles"][0]["ci"]["untargeted_success"] == pytest.approx(list(wilson_interval(10, 10)), abs=1e-4)
+    assert report["summary"]["adversarial"]["untargeted_success"]["n_eff"] == pytest.approx(10.0)
+
+
+def test_by_tag_breakdown_uses_clustered_intervals(tmp_path, capsys):
+    a = write_capture(tmp_path / "a", PAIR, _copies_log(copies=30), tags={"light": "office"})
+    b = write_capture(tmp_path / "b", PAIR, _copies_log(copies=30, fooled=3), tags={"light": "dim"})
+    report = compute_report(pool([a, b]), by="light")
+    office = report["by"]["groups"]["office"][0]
+    assert office["rates"]["untargeted_success"]["n_eff"] == pytest.approx(10.0)
+    assert office["ci"]["untargeted_success"] == pytest.approx(list(wilson_interval(7, 10)), abs=1e-4)
+    code, out, err = run_cli(capsys, "report", a, b, "--by", "light", "--out", tmp_path / "pooled")
+    assert code == 0, err
+    lo, hi = wilson_interval(7, 10)
+    assert f"70.0 % [{100 * lo:.1f}, {100 * hi:.1f}]" in out  # office, tile 01, in the terminal breakdown
+
+
+# Destruction rate, by hand. True class "stop" everywhere. Digital top-5 on the sheet:
+#   run A: clean [stop, …]      adv [yield, …]          → eligible top-1 and top-5
+#   run B: clean [stop, …]      adv [yield, stop, …]    → eligible top-1; top-5 not (stop in the adv top-5)
+#   run C: clean [yield, …]     adv [yield, …]          → not eligible (clean wrong digitally)
+#   run D: clean [stop, …]      adv [yield, …]          → eligible, but its adversarial tile is never found
+# Photos (5 frames; ✓1 = top-1 stop, ✓5 = stop in top-5):
+#   frame:     0              1                2                3                4
+#   A adv   [stop] ✓1✓5   [yield,stop] ✓5  [yield] ✗       [yield] ✗        [stop] ✓1✓5
+#   A clean [stop] ✓1✓5   [yield,stop] ✓5  not found       [stop] ✓1✓5     [pedestrians…] ✗
+#   B adv   [stop] ✓1     [stop] ✓1        [yield,stop] ✗1 [stop] ✓1        not found
+#   B clean [stop] ✓      [stop] ✓         [stop] ✓        [stop] ✓         [stop] ✓
+#   C adv   [stop]        …  (ineligible: never counted)
+#   D adv   never found;  D clean [stop] every frame
+# Top-1: A 2/5 = 0.4; paired (clean ✓1 in frames 0, 3): adv ✓1 in frame 0 only → 1/2.
+#        B 3/4 = 0.75; paired (clean ✓1 in all, adv found in 0–3) → 3/4.  D undefined (0 photos).
+#        per photo over A, B, D: (2 + 3 + 0) / (5 + 4 + 0) = 5/9; per run mean (0.4 + 0.75) / 2 = 0.575
+#        paired per photo (1 + 3) / (2 + 4) = 4/6; per run mean (0.5 + 0.75) / 2 = 0.625
+# Top-5: eligible A and D. A 3/5 = 0.6; paired (clean ✓5 in frames 0, 1, 3): adv ✓5 in 0, 1 → 2/3.
+#        per photo 3/5; per run mean 0.6 (one run with a rate); paired 2/3.
+STOP_ADV = {
+    "01": [_top5("stop", "yield"), _top5("yield", "stop"), _top5("yield"), _top5("yield"), _top5("stop")],
+    "02": [_top5("stop"), _top5("yield", "stop"), None, _top5("stop"), ["pedestrians", "yield", "give way", "no entry", "one way"]],
+    "03": [_top5("stop"), _top5("stop"), _top5("yield", "stop"), _top5("stop"), None],
+    "04": [_top5("stop")] * 5,
+    "05": [_top5("stop")] * 5,
+    "06": [_top5("yield")] * 5,
+    "07": [None] * 5,
+    "08": [_top5("stop")] * 5,
+}
+RUNS = [
+    _tile("01", "adversarial", "runs/A", _top5("yield")), _tile("02", "clean", "runs/A", _top5("stop")),
+    _tile("03", "adversarial", "runs/B", _top5("yield", "stop")), _tile("04", "clean", "runs/B", _top5("stop")),
+    _tile("05", "adversarial", "runs/C", _top5("yield")), _tile("06", "clean", "runs/C", _top5("yield")),
+    _tile("07", "adversarial", "runs/D", _top5("yield")), _tile("08", "clean", "runs/D", _top5("stop")),
+]
+
+
+def _hand_log():
+    return [_line(frame, tid, tops[frame]) for frame in range(5) for tid, tops in STOP_ADV.items()]
+
+
+def test_destruction_rate_matches_hand_computed_values(tmp_path):
+    report = compute_report(pool([write_capture(tmp_path / "c", RUNS, _hand_log())]))
+    runs = {r["run"]: r for r in report["runs"]}
+    a1, b1, c1, d1 = (runs[f"runs/{x}"]["destruction_top1"] for x in "ABCD")
+    assert (a1["k"], a1["n"], a1["rate"]) == (2, 5, pytest.approx(0.4))
+    assert (a1["paired"]["k"], a1["paired"]["n"]) == (1, 2)
+    assert (b1["k"], b1["n"], b1["paired"]["k"], b1["paired"]["n"]) == (3, 4, 3, 4)
+    assert c1["eligible"] is False and c1["rate"] is None and "clean image is misclassified" in c1["reason"]
+    assert d1["eligible"] is True and d1["rate"] is None and d1["paired"]["rate"] is None and "never found" in d1["reason"]
+    s1 = report["summary"]["destruction_top1"]
+    assert s1["runs"] == 3 and (s1["k"], s1["n"]) == (5, 9) and s1["rate"] == pytest.approx(5 / 9)
+    assert s1["ci95"] == pytest.approx(list(wilson_interval(5, 9)), abs=1e-4)  # every photo a distinct pose
+    assert s1["per_run"] == {"mean": pytest.approx(0.575), "runs": 2}
+    assert (s1["paired"]["k"], s1["paired"]["n"]) == (4, 6) and s1["paired"]["per_run"]["mean"] == pytest.approx(0.625)
+
+    a5, b5, d5 = (runs[f"runs/{x}"]["destruction_top5"] for x in "ABD")
+    assert b5["eligible"] is False and "does not fool" in b5["reason"] and b5["rate"] is None
+    assert (a5["k"], a5["n"], a5["paired"]["k"], a5["paired"]["n"]) == (3, 5, 2, 3)
+    assert d5["eligible"] is True and d5["rate"] is None
+    s5 = report["summary"]["destruction_top5"]
+    assert s5["runs"] == 2 and (s5["k"], s5["n"]) == (3, 5) and s5["per_run"] == {"mean": pytest.approx(0.6), "runs": 1}
+    assert (s5["paired"]["k"], s5["paired"]["n"]) == (2, 3)
+
+
+def test_report_prints_undefined_rates_instead_of_crashing(tmp_path, capsys):
+    # only run D is eligible and its adversarial tile was never found: every destruction rate is undefined
+    capture = write_capture(tmp_path / "c", RUNS[4:], [l for l in _hand_log() if l["tile_id"] in {"05", "06", "07", "08"}])
+    code, out, err = run_cli(capsys, "report", capture)
+    assert code == 0, err
+    assert "undefined (the adversarial tile was never found)" in out
+    report = json.loads((capture / "report.json").read_text())
+    d1 = report["summary"]["destruction_top1"]
+    assert d1["runs"] == 1 and d1["rate"] is None and d1["paired"]["rate"] is None
+    never = next(t for t in report["tiles"] if t["tile_id"] == "07")
+    assert never["untargeted_success"] is None and never["found"] == 0
+    html_text = (capture / "report.html").read_text()
+    assert "undefined: the adversarial tile was never found" in html_text
+    assert "Wilson interval on the effective sample size" in html_text
+
+
+def test_table_title_states_the_interval_method(tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "report", write_capture(tmp_path / "c", PAIR, _copies_log(copies=3)))
+    assert code == 0 and "effective sample size" in out
+
+
+def test_pooling_several_sessions_needs_out_and_leaves_the_sessions_alone(tmp_path, capsys):
+    a = write_capture(tmp_path / "a", PAIR, _copies_log(copies=2))
+    b = write_capture(tmp_path / "b", PAIR, _copies_log(copies=2, fooled=3))
+    (a / "report.json").write_text('{"mine": 1}')
+    code, _, err = run_cli(capsys, "report", a, b)
+    assert_one_line_error(code, err, "--out")
+    code, _, err = run_cli(capsys, "report", a, b, "--out", tmp_path / "pooled")
+    assert code == 0, err
+    pooled = json.loads((tmp_path / "pooled" / "report.json").read_text())
+    assert len(pooled["sessions"]) == 2 and (tmp_path / "pooled" / "report.html").is_file()
+    assert (a / "report.json").read_text() == '{"mine": 1}' and not (b / "report.json").exists()
+    assert not (a / "report.html").exists()
+
+
+def test_frames_with_the_page_out_of_view_are_not_in_the_denominator(tmp_path):
+    lines = [_line(0, "01", _top5("yield")), _line(0, "02", _top5("stop")),
+             # a line for a tile whose page was not in view (not an observation)
+             _line(1, "01", None, reason="page not in view"), _line(1, "02", _top5("stop")),
+             # no marker of the sheet seen at all: older captures logged every tile not found
+             _line(2, "01", None), _line(2, "02", None),
+             # the page in view but tile 01's markers hidden: a real miss
+             {**_line(3, "01", None), "markers_used": []}, _line(3, "02", _top5("stop")),
+             # the page in view, but every marker seen twice (a second copy of the sheet): real misses
+             _line(4, "01", None, reason="its markers were seen more than once (ambiguous)"),
+             _line(4, "02", None, reason="its markers were seen more than once (ambiguous)")]
+    report = compute_report(pool([write_capture(tmp_path / "c", PAIR, lines)]))
+    adv, clean = report["tiles"]
+    assert (adv["found"], adv["frames"]) == (1, 3) and adv["detection_rate"] == pytest.approx(1 / 3)
+    assert (clean["found"], clean["frames"], clean["detection_rate"]) == (3, 4, 0.75)
+    assert report["sessions"][0]["not_in_view_lines"] == 3
+
+
+def test_report_json_has_documented_shape(tmp_path):
+    report = compute_report(pool([write_capture(tmp_path / "c", RUNS, _hand_log())]))
     for t in report["tiles"]:
         assert {"tile_id", "kind", "run", "true_class", "target_class", "found", "frames",
-                "targeted_success", "untargeted_success", "accuracy", "ci"} <= set(t)
-    assert {"adversarial", "clean"} <= set(report["summary"])
+                "targeted_success", "untargeted_success", "accuracy", "ci", "rates"} <= set(t)
+        for rate in t["rates"].values():
+            assert {"k", "n", "rate", "clusters", "n_eff", "ci95", "method"} <= set(rate)
+    assert {"adversarial", "clean", "destruction_top1", "destruction_top5"} <= set(report["summary"])
     assert {"found", "targeted_success", "untargeted_success"} <= set(report["summary"]["adversarial"])
     assert report["runs"] and "destruction_top1" in report["runs"][0] and "destruction_top5" in report["runs"][0]
 
 
-def test_pooling_two_sessions_equals_one_session_of_the_same_lines(demo, tmp_path):
-    capture = demo[0] / "capture"
-    lines = (capture / "detections.jsonl").read_text().splitlines(keepends=True)
+def test_pooling_two_sessions_equals_one_session_of_the_same_lines(tmp_path):
+    lines = _hand_log()
+    one = compute_report(pool([write_capture(tmp_path / "all", RUNS, lines)]))
     half = len(lines) // 2
-    parts = []
-    for name, chunk in (("a", lines[:half]), ("b", lines[half:])):
-        d = tmp_path / name
-        d.mkdir()
-        shutil.copy(capture / "session.json", d / "session.json")
-        (d / "detections.jsonl").write_text("".join(chunk))
-        parts.append(d)
-    one = compute_report(pool([capture]))
-    two = compute_report(pool(parts))
-    assert one["tiles"] == two["tiles"] and one["summary"] == two["summary"]
+    two = compute_report(pool([write_capture(tmp_path / "a", RUNS, lines[:half]), write_capture(tmp_path / "b", RUNS, lines[half:])]))
+    # every count and rate is the same; an interval may widen where a segment (here tile 07's run
+    # of misses) is cut in two by the session boundary, since segments never span sessions
+    assert _counts(one["tiles"]) == _counts(two["tiles"]) and _counts(one["summary"]) == _counts(two["summary"])
+    assert one["tiles"][0]["ci"] == two["tiles"][0]["ci"]  # tile 01: every frame its own segment either way
 
 
-def test_truncated_log_still_reports_and_counts_skipped_lines(demo, tmp_path, capsys):
-    capture = demo[0] / "capture"
-    d = tmp_path / "cut"
-    d.mkdir()
-    shutil.copy(capture / "session.json", d / "session.json")
+def _counts(value):
+    """``value`` without what depends on the clustering (intervals, clusters, ICC, n_eff)."""
+    if isinstance(value, dict):
+        return {k: _counts(v) for k, v in value.items() if k not in {"ci", "ci95", "clusters", "icc", "n_eff"}}
+    if isinstance(value, list):
+        return [_counts(v) for v in value]
+    return value
+
+
+def test_truncated_log_still_reports_and_counts_skipped_lines(tmp_path, capsys):
+    capture = write_capture(tmp_path / "cut", RUNS, _hand_log())
     text = (capture / "detections.jsonl").read_text()
-    (d / "detections.jsonl").write_text(text[: len(text) - 40])  # killed in the middle of the last line
-    with pytest.raises(SystemExit) as exc:
-        main(["report", str(d)])
-    assert exc.value.code == 0
-    report = json.loads((d / "report.json").read_text())
+    (capture / "detections.jsonl").write_text(text[: len(text) - 40])  # killed in the middle of the last line
+    code, out, err = run_cli(capsys, "report", capture)
+    assert code == 0, err
+    report = json.loads((capture / "report.json").read_text())
     assert report["skipped_lines"] == 1
     assert sum(t["frames"] for t in report["tiles"]) == len(text.splitlines()) - 1
-    assert "1 incomplete log line" in capsys.readouterr().out
+    assert "1 incomplete log line" in out
 
 
-def test_html_report_is_self_contained_and_shows_every_tile(demo):
-    html = (demo[0] / "capture" / "report.html").read_text()
+@pytest.fixture
+def html_report(tmp_path, capsys):
+    capture = write_capture(tmp_path / "c", RUNS, _hand_log(), crops=True, tags={"light": "office"})
+    code, _, err = run_cli(capsys, "report", capture, "--by", "light")
+    assert code == 0, err
+    return capture / "report.html"
+
+
+def test_html_report_is_self_contained_and_shows_every_tile(html_report):
+    html = html_report.read_text()
     assert "<script src" not in html and 'src="http' not in html
-    for tile_id in ("01", "02", "03", "04"):
+    for tile_id in ("01", "02", "03", "04", "05", "06", "07", "08"):
         assert f'data-tile="{tile_id}"' in html
     assert html.count("data:image/png;base64,") >= 3
+    assert "By light" in html and "not eligible: the clean image is misclassified digitally" in html
 
 
-def test_report_by_tag(demo):
-    report = compute_report(pool([demo[0] / "capture"]), by="source")
-    assert list(report["by"]["groups"]) == ["simulated"]
-
-
-
-
+def test_html_report_states_the_counting_rule_and_the_interval_method(html_report):
+    html = html_report.read_text()
+    assert "detection rate = found / lines logged" in html and "survival rates are over found observations only" in html
+    assert "one-way ANOVA" in html
 
 
 def test_not_a_capture_directory(capsys, tmp_path):
@@ -109,56 +339,31 @@ def test_not_a_capture_directory(capsys, tmp_path):
     assert_one_line_error(code, err, "not a capture directory")
 
 
-def test_empty_log(capsys, demo, tmp_path):
-    shutil.copy(demo[0] / "capture" / "session.json", tmp_path / "session.json")
-    (tmp_path / "detections.jsonl").write_text("")
-    code, _, err = run_cli(capsys, "report", str(tmp_path))
+def test_empty_log(capsys, tmp_path):
+    capture = write_capture(tmp_path / "c", RUNS, [])
+    code, _, err = run_cli(capsys, "report", capture)
     assert_one_line_error(code, err, "no complete observation")
 
 
-def test_manifest_that_does_not_match_the_log(capsys, demo, tmp_path):
-    session = json.loads((demo[0] / "capture" / "session.json").read_text())
-    session["manifest"]["tiles"] = session["manifest"]["tiles"][:2]
-    (tmp_path / "session.json").write_text(json.dumps(session))
-    shutil.copy(demo[0] / "capture" / "detections.jsonl", tmp_path / "detections.jsonl")
-    code, _, err = run_cli(capsys, "report", str(tmp_path))
+def test_manifest_that_does_not_match_the_log(capsys, tmp_path):
+    capture = write_capture(tmp_path / "c", RUNS[:2], _hand_log())
+    code, _, err = run_cli(capsys, "report", capture)
     assert_one_line_error(code, err, "does not have")
 
 
-def test_demo_refuses_a_non_empty_folder_that_is_not_a_demo(capsys, tmp_path):
-    (tmp_path / "keep.txt").write_text("mine")
-    code, _, err = run_cli(capsys, "demo", "--out", str(tmp_path))
-    assert_one_line_error(code, err, "not an earlier demo")
-    assert (tmp_path / "keep.txt").read_text() == "mine"
-
-
-def test_demo_records_its_headline(demo):
-    record = json.loads((demo[0] / "demo.json").read_text())
-    assert set(record["headline"]) == {"sticker_targeted_success", "linf_untargeted_success", "clean_accuracy"}
-
-
 @pytest.mark.browser
-def test_html_report_opens_in_headless_chromium(demo, tmp_path):
+def test_html_report_opens_in_headless_chromium(html_report, tmp_path):
     import subprocess
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
         pytest.skip("Chromium is not installed (apt-get install chromium)")
-    html_path = demo[0] / "capture" / "report.html"
     proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                            "--disable-component-update", "--disable-sync", "--no-first-run",
                            f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-                           "--dump-dom", html_path.as_uri()], capture_output=True, text=True, timeout=120)
+                           "--dump-dom", html_report.as_uri()], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     dom = proc.stdout
     for tile_id in ("01", "02", "03", "04"):
         assert f'data-tile="{tile_id}"' in dom
     assert "Uncaught" not in proc.stderr
-
-
-@pytest.mark.slow
-def test_full_demo_meets_its_sticker_and_control_targets(tmp_path):
-    report = run_demo(DemoConfig(out=tmp_path / "demo", device="cpu"))
-    sticker = next(t for t in report["tiles"] if t["kind"] == "adversarial" and t["target_class"])
-    assert sticker["targeted_success"] >= 0.9
-    assert report["summary"]["clean"]["accuracy"]["rate"] >= 0.95

@@ -1,8 +1,15 @@
-"""``physical-adv report``: capture logs → survival rates with 95 % Wilson intervals.
+"""``physical-adv report``: capture logs → survival rates with intervals that respect clustered frames.
 
 Raw observations first, statistics second: everything here is computed from the lines of
 ``detections.jsonl`` (and the manifest copy in ``session.json``); several sessions of the
-same sheet pool by simply concatenating their lines.
+same sheet pool by concatenating their lines.
+
+The denominators: a tile's *detection rate* is over the lines logged for it, one per frame in
+which its page was in view (capture logs no line for a tile whose page was not seen; a line
+``"reason": "page not in view"``, or a frame in which no marker of the sheet was seen at all,
+as older captures logged them, is not counted either). Every *survival* rate (targeted and
+untargeted success, accuracy, destruction rate) is over the observations in which the tile
+was found.
 """
 
 from __future__ import annotations
@@ -14,9 +21,16 @@ from pathlib import Path
 
 from physical_adv.artifacts import atomic_write_json, read_json, software_versions, utc_now
 from physical_adv.errors import UserError
-from physical_adv.stats import wilson_interval
+from physical_adv.outcome import attack_succeeded, is_fooled
+from physical_adv.report.destruction import destruction_rates
+from physical_adv.report.segments import SegmentRule, assign_segments, capture_times
+from physical_adv.stats import METHOD, METHOD_TEXT, clustered_rate
 
 SCHEMA = 1
+NOT_IN_VIEW = "page not in view"
+DENOMINATOR_TEXT = ("detection rate = found / lines logged (one line per frame in which the tile's page was in view; "
+                    "frames in which the page was not in view are not counted); survival rates are over found "
+                    "observations only")
 
 
 @dataclass
@@ -25,11 +39,13 @@ class Session:
     record: dict
     lines: list[dict]
     skipped: int
+    not_in_view: int = 0
 
 
 @dataclass
 class Observations:
-    """Pooled sessions: the tiles of the sheet and every complete log line, tagged."""
+    """Pooled sessions: the tiles of the sheet and every complete log line, tagged with its
+    session (``_session``), the session's tags (``_tags``) and its segment (``_cluster``)."""
 
     sessions: list[Session]
     tiles: dict[str, dict]
@@ -40,8 +56,55 @@ class Observations:
         return sum(s.skipped for s in self.sessions)
 
 
+@dataclass(frozen=True)
+class ReportConfig:
+    """What ``physical-adv report`` reads and where it writes.
+
+    Args:
+        captures: capture folders of one sheet; several are pooled.
+        out: folder for ``report.json`` and ``report.html``; required when pooling several
+            sessions (their own folders are left as they are); by default the one capture folder.
+        html: where to write the HTML report instead of ``OUT/report.html``.
+        by: a capture tag to break the rates down by.
+    """
+
+    captures: tuple[Path, ...]
+    out: Path | None = None
+    html: Path | None = None
+    by: str | None = None
+
+    def __post_init__(self):
+        if not self.captures:
+            raise ValueError("give at least one capture directory")
+        if len(self.captures) > 1 and self.out is None:
+            raise ValueError(f"pooling {len(self.captures)} capture folders needs --out DIR for the pooled report "
+                             "(each session's own folder is left as it is)")
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out) if self.out is not None else Path(self.captures[0])
+
+
+def _saw_no_marker(line: dict) -> bool:
+    """Whether a line says that not one marker of its tile was detected, not even ambiguously."""
+    return (not line["found"] and "markers_used" in line and not line["markers_used"]
+            and line.get("reason", "no marker visible") == "no marker visible")
+
+
+def _in_view(lines: list[dict]) -> list[dict]:
+    """The lines that count: not those of a tile whose page was not in view, nor those of a frame
+    in which no marker of the sheet was seen (older captures logged every tile not found then)."""
+    lines = [l for l in lines if l.get("reason") != NOT_IN_VIEW]
+    by_frame: dict = defaultdict(list)
+    for line in lines:
+        by_frame[line.get("frame")].append(line)
+    blind = {f for f, group in by_frame.items() if f is not None and all(_saw_no_marker(l) for l in group)}
+    return [l for l in lines if l.get("frame") not in blind]
+
+
 def load_session(path: str | Path) -> Session:
-    """Read one capture folder; lines that do not parse (a capture killed mid-line) are skipped and counted."""
+    """Read one capture folder; lines that do not parse (a capture killed mid-line) are skipped and
+    counted, and lines of frames in which the tile's page was not in view are left out."""
     path = Path(path)
     if not path.is_dir() or not (path / "session.json").is_file() or not (path / "detections.jsonl").is_file():
         raise UserError(f"{path} is not a capture directory (needs session.json and detections.jsonl)")
@@ -62,11 +125,17 @@ def load_session(path: str | Path) -> Session:
             lines.append(line)
     if not lines:
         raise UserError(f"{path / 'detections.jsonl'} holds no complete observation")
-    return Session(path, record, lines, skipped)
+    kept = _in_view(lines)
+    return Session(path, record, kept, skipped, len(lines) - len(kept))
 
 
-def pool(paths: list[str | Path]) -> Observations:
-    """Load and pool capture sessions of one sheet; a :class:`UserError` when they do not match."""
+def pool(paths: list[str | Path], rule: SegmentRule = SegmentRule()) -> Observations:
+    """Load and pool capture sessions of one sheet; a :class:`UserError` when they do not match.
+
+    Args:
+        paths: capture folders.
+        rule: how each session's lines are cut into segments (the intervals' clusters).
+    """
     if not paths:
         raise UserError("give at least one capture directory")
     sessions = [load_session(p) for p in paths]
@@ -80,102 +149,85 @@ def pool(paths: list[str | Path]) -> Observations:
         for line in s.lines:
             if line["tile_id"] not in tiles:
                 raise UserError(f"{s.path}: the log names tile {line['tile_id']!r}, which the sheet's manifest does not have")
-            obs.lines.append({**line, "_session": n, "_tags": s.record.get("tags", {})})
+        segments = assign_segments(s.lines, rule, capture_times(s.lines, s.record.get("source")))
+        for line, segment in zip(s.lines, segments):
+            obs.lines.append({**line, "_session": n, "_tags": s.record.get("tags", {}), "_cluster": (n, segment)})
     return obs
 
 
-def _rate(k: int, n: int) -> dict:
-    lo, hi = wilson_interval(k, n)
-    return {"k": k, "n": n, "rate": (k / n) if n else None, "ci95": [round(lo, 4), round(hi, 4)]}
+def _rate(lines: list[dict], outcome) -> dict:
+    """The clustered rate of ``outcome(line)`` over ``lines`` (clusters: their segments)."""
+    return clustered_rate([bool(outcome(l)) for l in lines], [l["_cluster"] for l in lines]).to_json()
 
 
 def tile_stats(tile: dict, lines: list[dict]) -> dict:
-    """Rates of one tile over its lines: detection, and over found frames targeted and
-    untargeted success (adversarial) or accuracy (clean), with Wilson intervals."""
+    """Rates of one tile over its lines: detection (over lines logged), and over found frames
+    targeted and untargeted success (adversarial) or accuracy (clean).
+
+    Returns:
+        The scalar rates (``None`` where undefined), ``ci`` (their 95 % intervals) and ``rates``
+        (each rate in full: k, n, clusters, icc, n_eff, ci95, method).
+    """
     found = [l for l in lines if l["found"]]
-    correct = sum(l["pred"] == tile["true_class"] for l in found)
-    out = {
-        "tile_id": tile["tile_id"], "kind": tile["kind"], "run": tile["run"], "true_class": tile["true_class"],
-        "target_class": tile.get("target_class"), "frames": len(lines), "found": len(found),
-        "detection_rate": _rate(len(found), len(lines)),
-        "targeted_success": None, "untargeted_success": None, "accuracy": None,
-        "mean_confidence": (sum(l["confidence"] for l in found) / len(found)) if found else None, "ci": {},
-    }
+    true, target = tile["true_class"], tile.get("target_class")
+    rates = {"detection_rate": _rate(lines, lambda l: l["found"])}
     if tile["kind"] == "clean":
-        r = _rate(correct, len(found))
-        out["accuracy"], out["ci"]["accuracy"] = r["rate"], r["ci95"]
+        rates["accuracy"] = _rate(found, lambda l: not is_fooled(l["pred"], true))
     else:
-        r = _rate(len(found) - correct, len(found))
-        out["untargeted_success"], out["ci"]["untargeted_success"] = r["rate"], r["ci95"]
-        if tile.get("target_class"):
-            t = _rate(sum(l["pred"] == tile["target_class"] for l in found), len(found))
-            out["targeted_success"], out["ci"]["targeted_success"] = t["rate"], t["ci95"]
-    out["ci"]["detection_rate"] = out["detection_rate"]["ci95"]
-    out["detection_rate"] = out["detection_rate"]["rate"]
+        rates["untargeted_success"] = _rate(found, lambda l: is_fooled(l["pred"], true))
+        if target:
+            rates["targeted_success"] = _rate(found, lambda l: attack_succeeded(l["pred"], true, target))
+    return {
+        "tile_id": tile["tile_id"], "kind": tile["kind"], "run": tile["run"], "true_class": true,
+        "target_class": target, "frames": len(lines), "found": len(found),
+        **{name: rates[name]["rate"] if name in rates else None
+           for name in ("detection_rate", "targeted_success", "untargeted_success", "accuracy")},
+        "mean_confidence": (sum(l["confidence"] for l in found) / len(found)) if found else None,
+        "ci": {name: r["ci95"] for name, r in rates.items()}, "rates": rates,
+    }
+
+
+def _kind_summary(tiles: dict[str, dict], lines_by_tile: dict[str, list[dict]], kind: str) -> dict:
+    """Rates pooled over every tile of one kind (clusters stay per tile and segment)."""
+    sel = [t for t in tiles.values() if t["kind"] == kind]
+    lines = [l for t in sel for l in lines_by_tile[t["tile_id"]]]
+    found = [l for l in lines if l["found"]]
+    out = {"tiles": len(sel), "found": len(found), "frames": len(lines)}
+    if kind == "clean":
+        out["accuracy"] = _rate(found, lambda l: not is_fooled(l["pred"], tiles[l["tile_id"]]["true_class"]))
+    else:
+        out["untargeted_success"] = _rate(found, lambda l: is_fooled(l["pred"], tiles[l["tile_id"]]["true_class"]))
+        targeted = [l for l in found if tiles[l["tile_id"]].get("target_class")]
+        out["targeted_success"] = _rate(targeted, lambda l: attack_succeeded(
+            l["pred"], tiles[l["tile_id"]]["true_class"], tiles[l["tile_id"]]["target_class"]))
     return out
 
 
-def run_stats(adv: dict, clean: dict | None, lines_by_tile: dict[str, list[dict]]) -> dict:
-    """Kurakin et al.'s destruction rate (their Eq. 1) for one run, top-1 and top-5, and the
-    paired variant that counts only frames whose clean control is classified correctly."""
-    result = {"run": adv["run"], "adversarial_tile": adv["tile_id"], "clean_tile": clean["tile_id"] if clean else None,
-              "true_class": adv["true_class"], "target_class": adv.get("target_class")}
-    digital_adv, digital_clean = adv.get("digital"), (clean or {}).get("digital")
-    for k, key in ((1, "top1"), (5, "top5")):
-        def in_top(obs_top: list[str]) -> bool:
-            return adv["true_class"] in obs_top[:k]
-
-        eligible = None
-        if digital_adv and digital_clean:
-            eligible = in_top(digital_clean["top5"]) and not in_top(digital_adv["top5"])
-        found = [l for l in lines_by_tile[adv["tile_id"]] if l["found"]]
-        restored = sum(in_top([t["class"] for t in l["top5"]]) for l in found)
-        entry = {"eligible": eligible, **_rate(restored, len(found))}
-        if clean:
-            clean_ok = {(l["_session"], l["frame"]) for l in lines_by_tile[clean["tile_id"]]
-                        if l["found"] and in_top([t["class"] for t in l["top5"]])}
-            paired = [l for l in found if (l["_session"], l["frame"]) in clean_ok]
-            entry["paired"] = _rate(sum(in_top([t["class"] for t in l["top5"]]) for l in paired), len(paired))
-        result[f"destruction_{key}"] = entry
-    return result
-
-
 def compute_report(obs: Observations, by: str | None = None) -> dict:
-    """The whole report as JSON-able data (``report.json``)."""
+    """The whole report as JSON-able data (``report.json``).
+
+    Args:
+        obs: pooled observations from :func:`pool`.
+        by: a capture tag to break the per-tile rates down by.
+    """
     lines_by_tile: dict[str, list[dict]] = defaultdict(list)
     for line in obs.lines:
         lines_by_tile[line["tile_id"]].append(line)
     tiles = [tile_stats(t, lines_by_tile[tid]) for tid, t in obs.tiles.items()]
-    runs = []
-    for t in obs.tiles.values():
-        if t["kind"] != "adversarial":
-            continue
-        clean = next((c for c in obs.tiles.values() if c["kind"] == "clean" and c["run"] == t["run"]), None)
-        runs.append(run_stats(t, clean, lines_by_tile))
-
-    def summary(kind: str) -> dict:
-        sel = [s for s in tiles if s["kind"] == kind]
-        found = sum(s["found"] for s in sel)
-        frames = sum(s["frames"] for s in sel)
-        out = {"tiles": len(sel), "found": found, "frames": frames}
-        if kind == "clean":
-            k = sum(round(s["accuracy"] * s["found"]) for s in sel if s["accuracy"] is not None)
-            out["accuracy"] = _rate(k, found)
-        else:
-            k = sum(round(s["untargeted_success"] * s["found"]) for s in sel if s["untargeted_success"] is not None)
-            out["untargeted_success"] = _rate(k, found)
-            tsel = [s for s in sel if s["targeted_success"] is not None]
-            kt = sum(round(s["targeted_success"] * s["found"]) for s in tsel)
-            out["targeted_success"] = _rate(kt, sum(s["found"] for s in tsel))
-        return out
-
+    pairs = [(t, next((c for c in obs.tiles.values() if c["kind"] == "clean" and c["run"] == t["run"]), None))
+             for t in obs.tiles.values() if t["kind"] == "adversarial"]
+    runs, destruction = destruction_rates(pairs, lines_by_tile)
     report = {
         "schema": SCHEMA, "created": utc_now(), "sheet_id": obs.sessions[0].record["manifest"].get("sheet_id"),
+        "intervals": {"method": METHOD, "description": METHOD_TEXT, "clusters": "segments",
+                      "segment_rule": {"max_move": SegmentRule().max_move, "max_gap_s": SegmentRule().max_gap_s}},
+        "denominators": DENOMINATOR_TEXT,
         "sessions": [{"path": str(s.path), "tags": s.record.get("tags", {}), "lines": len(s.lines), "skipped_lines": s.skipped,
-                      "ended": s.record.get("ended"), "source": s.record.get("source")} for s in obs.sessions],
+                      "not_in_view_lines": s.not_in_view, "ended": s.record.get("ended"), "source": s.record.get("source")}
+                     for s in obs.sessions],
         "skipped_lines": obs.skipped, "tiles": tiles, "runs": runs,
-        "summary": {"adversarial": summary("adversarial"), "clean": summary("clean"),
-                    **{f"destruction_{key}": _pooled_destruction(runs, key) for key in ("top1", "top5")}},
+        "summary": {"adversarial": _kind_summary(obs.tiles, lines_by_tile, "adversarial"),
+                    "clean": _kind_summary(obs.tiles, lines_by_tile, "clean"), **destruction},
         "versions": software_versions(),
     }
     if by:
@@ -188,18 +240,27 @@ def compute_report(obs: Observations, by: str | None = None) -> dict:
     return report
 
 
-def _pooled_destruction(runs: list[dict], key: str) -> dict:
-    """Destruction rate over the eligible runs (clean right and adversarial wrong digitally)."""
-    eligible = [r[f"destruction_{key}"] for r in runs if r[f"destruction_{key}"]["eligible"]]
-    out = {"runs": len(eligible), **_rate(sum(e["k"] for e in eligible), sum(e["n"] for e in eligible))}
-    paired = [e["paired"] for e in eligible if "paired" in e]
-    out["paired"] = _rate(sum(p["k"] for p in paired), sum(p["n"] for p in paired))
-    return out
-
-
-def write_report_json(report: dict, capture_dirs: list[Path]) -> list[Path]:
+def write_report_json(report: dict, folders: list[Path]) -> list[Path]:
+    """Write ``report.json`` atomically into each of ``folders``; returns the paths written."""
     paths = []
-    for d in capture_dirs:
+    for d in folders:
         atomic_write_json(Path(d) / "report.json", report)
         paths.append(Path(d) / "report.json")
     return paths
+
+
+def run_report(cfg: ReportConfig) -> tuple[dict, Observations, Path, Path]:
+    """Pool ``cfg.captures``, compute the report and write ``report.json`` and ``report.html``
+    into ``cfg.out_dir`` (the HTML to ``cfg.html`` when given).
+
+    Returns:
+        ``(report, observations, json_path, html_path)``.
+    """
+    from physical_adv.report.html import write_html
+
+    obs = pool(list(cfg.captures))
+    report = compute_report(obs, by=cfg.by)
+    (json_path,) = write_report_json(report, [cfg.out_dir])
+    html_path = Path(cfg.html) if cfg.html is not None else cfg.out_dir / "report.html"
+    write_html(html_path, report, obs)
+    return report, obs, json_path, html_path

@@ -8,7 +8,9 @@ import io
 import json
 from pathlib import Path
 
+from physical_adv.outcome import is_fooled
 from physical_adv.report import Observations
+from physical_adv.report.table import pct as _pct
 
 
 def _png_uri(data: bytes) -> str:
@@ -22,10 +24,6 @@ def _figure_uri(fig) -> str:
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     return _png_uri(buf.getvalue())
-
-
-def _pct(v) -> str:
-    return "–" if v is None else f"{100 * v:.1f} %"
 
 
 def survival_plot(report: dict) -> str:
@@ -44,15 +42,14 @@ def survival_plot(report: dict) -> str:
                 rows.append((f"{t['tile_id']} ADV → {t['target_class']}", t["targeted_success"], t["ci"].get("targeted_success"), "#8250df"))
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1))
     for i, (label, value, ci, colour) in enumerate(rows):
-        v = value or 0.0
-        ax.barh(i, v, color=colour, alpha=0.85)
-        if ci:
-            ax.errorbar(v, i, xerr=[[v - ci[0]], [ci[1] - v]], color="black", capsize=3, lw=1)
-        ax.text(1.01, i, _pct(value), va="center", fontsize=8)
+        if value is not None:  # an undefined rate (never found) gets no bar, only its label
+            ax.barh(i, value, color=colour, alpha=0.85)
+            ax.errorbar(value, i, xerr=[[value - ci[0]], [ci[1] - value]], color="black", capsize=3, lw=1)
+        ax.text(1.01, i, _pct(value) if value is not None else "undefined", va="center", fontsize=8)
     ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set_xlabel("rate over frames where the tile was found (95 % Wilson interval)")
+    ax.set_xlabel("rate over frames where the tile was found (95 % interval, clustered frames)")
     return _figure_uri(fig)
 
 
@@ -80,8 +77,7 @@ def gallery(obs: Observations, per_tile: int = 8) -> str:
             path = obs.sessions[line["_session"]].path / line["crop"]
             if not path.is_file():
                 continue
-            fooled = line["pred"] != tile["true_class"]
-            cls = "fooled" if fooled else "held"
+            cls = "fooled" if is_fooled(line["pred"], tile["true_class"]) else "held"
             cells.append(f'<figure class="{cls}"><img src="{_png_uri(path.read_bytes())}" alt="tile {tid} frame {line["frame"]}">'
                          f'<figcaption>{html.escape(line["pred"])} {line["confidence"]:.2f}</figcaption></figure>')
             if len(cells) >= per_tile:
@@ -105,29 +101,78 @@ def _run_config(tile: dict) -> str:
     return f"<details><summary>{html.escape(tile['run'])}</summary><pre>{html.escape(body)}</pre></details>"
 
 
-def write_html(path: Path, report: dict, obs: Observations) -> None:
-    from physical_adv.artifacts import atomic_write_bytes
+def _with_ci(value: float | None, ci) -> str:
+    """A rate with its interval (when ``ci`` is given), or "undefined" when it has no observation."""
+    if value is None:
+        return "undefined"
+    return _pct(value) + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
 
+
+def _tile_rows(report: dict) -> str:
     rows = []
     for t in report["tiles"]:
+        cells = "".join(f"<td>{_with_ci(t[name], t['ci'].get(name)) if name in t['ci'] else '–'}</td>"
+                        for name in ("targeted_success", "untargeted_success", "accuracy"))
         rows.append(
             f'<tr data-tile="{t["tile_id"]}"><td>{t["tile_id"]}</td><td>{t["kind"]}</td><td>{html.escape(t["true_class"])}</td>'
             f'<td>{html.escape(t["target_class"] or "–") if t["kind"] == "adversarial" else "–"}</td><td>{t["found"]}/{t["frames"]}</td>'
-            f'<td>{_pct(t["targeted_success"])}</td><td>{_pct(t["untargeted_success"])}</td><td>{_pct(t["accuracy"])}</td></tr>')
-    runs = []
-    for r in report["runs"]:
-        d1, d5 = r["destruction_top1"], r["destruction_top5"]
-        runs.append(f"<tr><td>{html.escape(r['run'])}</td><td>{d1['eligible']}</td><td>{_pct(d1['rate'])}</td>"
-                    f"<td>{_pct(d1.get('paired', {}).get('rate'))}</td><td>{d5['eligible']}</td><td>{_pct(d5['rate'])}</td></tr>")
-    tags = ""
-    if "by" in report:
-        trs = []
-        for value, stats in report["by"]["groups"].items():
-            for t in stats:
-                main = t["accuracy"] if t["kind"] == "clean" else t["untargeted_success"]
-                trs.append(f"<tr><td>{html.escape(value)}</td><td>{t['tile_id']}</td><td>{t['kind']}</td><td>{t['found']}/{t['frames']}</td><td>{_pct(main)}</td></tr>")
-        tags = (f"<h2>By {html.escape(report['by']['tag'])}</h2><table><tr><th>{html.escape(report['by']['tag'])}</th><th>tile</th>"
-                f"<th>kind</th><th>found</th><th>success / accuracy</th></tr>{''.join(trs)}</table>")
+            f'{cells}</tr>')
+    return "".join(rows)
+
+
+def _destruction_cell(d: dict) -> str:
+    if not d["eligible"]:
+        return f'<td colspan="2" class="ineligible">not eligible: {html.escape(d["reason"])}</td>'
+    if d["rate"] is None:
+        return f'<td colspan="2">undefined: {html.escape(d["reason"])}</td>'
+    return f'<td>{_with_ci(d["rate"], d["ci95"])} of {d["n"]}</td><td>{_with_ci(d["paired"]["rate"], d["paired"]["ci95"])} of {d["paired"]["n"]}</td>'
+
+
+def _destruction_section(report: dict) -> str:
+    rows = [f"<tr><td>{html.escape(r['run'])}</td>{_destruction_cell(r['destruction_top1'])}{_destruction_cell(r['destruction_top5'])}</tr>"
+            for r in report["runs"]]
+    pooled = []
+    for key, label in (("destruction_top1", "top-1"), ("destruction_top5", "top-5")):
+        d = report["summary"][key]
+        pooled.append(f"<tr><td>{label}</td><td>{d['runs']}</td><td>{_with_ci(d['rate'], d['ci95'])} of {d['n']}</td>"
+                      f"<td>{_with_ci(d['per_run']['mean'], None)}</td>"
+                      f"<td>{_with_ci(d['paired']['rate'], d['paired']['ci95'])} of {d['paired']['n']}</td>"
+                      f"<td>{_with_ci(d['paired']['per_run']['mean'], None)}</td></tr>")
+    return f"""<h2>Destruction rate (Kurakin et al. 2016, Eq. 1)</h2>
+<p>Among eligible runs — the clean image classified correctly and the adversarial image fooling the model, both
+digitally — the fraction of photographed adversarial tiles classified correctly again. <i>Per photo</i> pools the
+eligible runs' photos (as in the paper); <i>per run</i> is the mean of each eligible run's own rate. <i>Paired</i>
+counts only frames in which the run's clean control was found and classified correctly.</p>
+<table><tr><th></th><th>eligible runs</th><th>per photo</th><th>mean per run</th><th>paired, per photo</th><th>paired, mean per run</th></tr>
+{''.join(pooled)}</table>
+<table><tr><th>run</th><th>top-1</th><th>top-1 paired</th><th>top-5</th><th>top-5 paired</th></tr>
+{''.join(rows)}</table>"""
+
+
+def _by_tag_section(report: dict) -> str:
+    if "by" not in report:
+        return ""
+    trs = []
+    for value, stats in report["by"]["groups"].items():
+        for t in stats:
+            name = "accuracy" if t["kind"] == "clean" else "untargeted_success"
+            trs.append(f"<tr><td>{html.escape(value)}</td><td>{t['tile_id']}</td><td>{t['kind']}</td><td>{t['found']}/{t['frames']}</td>"
+                       f"<td>{_with_ci(t[name], t['ci'][name])}</td></tr>")
+    tag = html.escape(report["by"]["tag"])
+    return (f"<h2>By {tag}</h2><table><tr><th>{tag}</th><th>tile</th>"
+            f"<th>kind</th><th>found</th><th>success / accuracy</th></tr>{''.join(trs)}</table>")
+
+
+def write_html(path: Path, report: dict, obs: Observations) -> None:
+    """Write the self-contained ``report.html`` (atomically).
+
+    Args:
+        path: where to write it.
+        report: the data of :func:`physical_adv.report.compute_report`.
+        obs: the pooled observations it was computed from (for crops and confidences).
+    """
+    from physical_adv.artifacts import atomic_write_bytes
+
     adv, clean = report["summary"]["adversarial"], report["summary"]["clean"]
     configs = "".join(_run_config(t) for t in obs.tiles.values() if t["kind"] == "adversarial")
     doc = f"""<!doctype html>
@@ -147,16 +192,20 @@ Clean controls: accuracy <b>{_pct(clean['accuracy']['rate'])}</b> of {clean['fou
 <p>{len(report['sessions'])} capture session(s), {sum(s['lines'] for s in report['sessions'])} observations;
 {report['skipped_lines']} incomplete log line(s) skipped. Generated {html.escape(report['created'])}.</p>
 <h2>Tiles</h2>
+<p class="method">How the numbers are counted: {html.escape(report['denominators'])}.
+Intervals: {html.escape(report['intervals']['description'])}. A segment ends when the tile is found with its corners moved by more than
+{100 * report['intervals']['segment_rule']['max_move']:.0f} % of its apparent size, more than
+{report['intervals']['segment_rule']['max_gap_s']:g} s pass between two frames, or the session changes; a frame in which
+the tile was not found stays in its segment.
+"undefined" marks a rate with no observation.</p>
 <table><tr><th>tile</th><th>kind</th><th>true</th><th>target</th><th>found</th><th>targeted</th><th>untargeted</th><th>accuracy</th></tr>
-{''.join(rows)}</table>
+{_tile_rows(report)}</table>
 <img alt="survival per tile" src="{survival_plot(report)}">
-<h2>Destruction rate (Kurakin et al. 2016, Eq. 1)</h2>
-<table><tr><th>run</th><th>eligible (top-1)</th><th>top-1</th><th>top-1 paired with a correct control</th><th>eligible (top-5)</th><th>top-5</th></tr>
-{''.join(runs)}</table>
+{_destruction_section(report)}
 <h2>Confidence</h2><img alt="confidence distributions" src="{confidence_plot(obs)}">
 <h2>Gallery of rectified tiles</h2><p>Green: still its true class; red: fooled.</p>
 {gallery(obs)}
-{tags}
+{_by_tag_section(report)}
 <h2>Configuration of each run</h2>{configs}
 </body></html>
 """

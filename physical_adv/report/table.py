@@ -5,30 +5,79 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+UNDEFINED = "–"
 
-def _cell(value, ci) -> str:
+
+def pct(value: float | None) -> str:
+    """A rate as ``12.3 %``, or ``–`` when it is undefined (no observation)."""
+    return UNDEFINED if value is None else f"{100 * value:.1f} %"
+
+
+def cell(value: float | None, ci) -> str:
+    """A rate with its 95 % interval, or ``–`` when it is undefined."""
     if value is None:
-        return "–"
+        return UNDEFINED
     return f"{100 * value:5.1f} % [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
+def destruction_lines(report: dict) -> list[str]:
+    """Kurakin et al.'s destruction rate in words: pooled per photo and per run, top-1 and top-5,
+    each run's own rate, and why a run is not eligible."""
+    out = []
+    for key, label in (("destruction_top1", "top-1"), ("destruction_top5", "top-5")):
+        d = report["summary"][key]
+        if not d["runs"]:
+            out.append(f"destruction rate (Kurakin et al. Eq. 1), {label}: no eligible run (needs the clean image right "
+                       "and the adversarial image wrong, digitally)")
+            continue
+        out.append(f"destruction rate (Kurakin et al. Eq. 1), {label}, over {d['runs']} eligible run(s): "
+                   f"per photo {cell(d['rate'], d['ci95'])} of {d['n']}, mean per run {pct(d['per_run']['mean'])}; "
+                   f"paired with a correct control: per photo {pct(d['paired']['rate'])} of {d['paired']['n']}, "
+                   f"mean per run {pct(d['paired']['per_run']['mean'])}")
+    for r in report["runs"]:
+        d1, d5 = r["destruction_top1"], r["destruction_top5"]
+        parts = []
+        for d, label in ((d1, "top-1"), (d5, "top-5")):
+            if not d["eligible"]:
+                parts.append(f"{label} not eligible: {d['reason']}")
+            elif d["rate"] is None:
+                parts.append(f"{label} undefined ({d['reason']})")
+            else:
+                parts.append(f"{label} {pct(d['rate'])} (paired {pct(d['paired']['rate'])})")
+        out.append(f"  {r['run']}: " + "; ".join(parts))
+    return out
+
+
+def by_tag_table(report: dict) -> Table:
+    """The ``--by TAG`` breakdown: each tile's main rate (success or accuracy) per tag value."""
+    tag = report["by"]["tag"]
+    table = Table(title=f"by {tag} (same intervals)")
+    for col in (tag, "tile", "kind", "found", "untargeted / accuracy"):
+        table.add_column(col)
+    for value, stats in report["by"]["groups"].items():
+        for t in stats:
+            name = "accuracy" if t["kind"] == "clean" else "untargeted_success"
+            table.add_row(value, t["tile_id"], t["kind"], f"{t['found']}/{t['frames']}", cell(t[name], t["ci"].get(name)))
+    return table
+
+
 def print_table(report: dict) -> None:
-    table = Table(title=f"sheet {report['sheet_id']}: survival over found frames (95 % Wilson intervals)")
+    """Print the tiles' rates, the destruction rates and warnings to the terminal."""
+    table = Table(title=f"sheet {report['sheet_id']}: survival over found frames; 95 % Wilson intervals on the "
+                        "effective sample size of clustered frames (design effect over segments)")
     for col in ("tile", "kind", "true → target", "found", "targeted", "untargeted", "accuracy"):
         table.add_column(col)
     for t in report["tiles"]:
         goal = t["true_class"] + (f" → {t['target_class']}" if t["target_class"] and t["kind"] == "adversarial" else "")
         table.add_row(t["tile_id"], t["kind"], goal, f"{t['found']}/{t['frames']}",
-                      _cell(t["targeted_success"], t["ci"].get("targeted_success")),
-                      _cell(t["untargeted_success"], t["ci"].get("untargeted_success")),
-                      _cell(t["accuracy"], t["ci"].get("accuracy")))
+                      cell(t["targeted_success"], t["ci"].get("targeted_success")),
+                      cell(t["untargeted_success"], t["ci"].get("untargeted_success")),
+                      cell(t["accuracy"], t["ci"].get("accuracy")))
     console = Console()
     console.print(table)
-    d1 = report["summary"]["destruction_top1"]
-    if d1["runs"]:
-        console.print(f"destruction rate (Kurakin et al. Eq. 1), top-1: {100 * d1['rate']:.1f} % over {d1['runs']} eligible run(s); "
-                      f"paired with a correct control: {('%.1f %%' % (100 * d1['paired']['rate'])) if d1['paired']['n'] else '–'}")
-    else:
-        console.print("destruction rate: no run is eligible (needs the clean tile right and the adversarial tile wrong digitally)")
+    if "by" in report:
+        console.print(by_tag_table(report))
+    for line in destruction_lines(report):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
     if report["skipped_lines"]:
         console.print(f"[yellow]{report['skipped_lines']} incomplete log line(s) skipped (a capture ended mid-line)")
