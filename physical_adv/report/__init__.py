@@ -15,6 +15,7 @@ was found.
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,8 +110,9 @@ def load_session(path: str | Path) -> Session:
     if not path.is_dir() or not (path / "session.json").is_file() or not (path / "detections.jsonl").is_file():
         raise UserError(f"{path} is not a capture directory (needs session.json and detections.jsonl)")
     record = read_json(path / "session.json", "capture session")
-    if "manifest" not in record or "tiles" not in record.get("manifest", {}):
-        raise UserError(f"{path / 'session.json'} holds no sheet manifest; is it from physical-adv capture?")
+    problem = _manifest_problem(record)
+    if problem:
+        raise UserError(f"{path / 'session.json'} {problem}; is it from physical-adv capture?")
     lines, skipped = [], 0
     with open(path / "detections.jsonl", encoding="utf-8", errors="replace") as fh:
         for raw in fh:
@@ -119,7 +121,7 @@ def load_session(path: str | Path) -> Session:
             except json.JSONDecodeError:
                 skipped += 1
                 continue
-            if not isinstance(line, dict) or "tile_id" not in line or "found" not in line:
+            if not _complete_line(line):
                 skipped += 1
                 continue
             lines.append(line)
@@ -127,6 +129,48 @@ def load_session(path: str | Path) -> Session:
         raise UserError(f"{path / 'detections.jsonl'} holds no complete observation")
     kept = _in_view(lines)
     return Session(path, record, kept, skipped, len(lines) - len(kept))
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _complete_line(line) -> bool:
+    """Whether a parsed log line has every field the report reads, of the right type (a line
+    written by another tool or cut by a crash is skipped and counted, never trusted)."""
+    if not (isinstance(line, dict) and isinstance(line.get("tile_id"), str) and isinstance(line.get("found"), bool)
+            and isinstance(line.get("frame"), int) and not isinstance(line.get("frame"), bool)):
+        return False
+    if "time" in line and not _is_number(line["time"]):
+        return False
+    if not line["found"]:
+        return True
+    top5 = line.get("top5")
+    corners = line.get("corners_px")
+    return (isinstance(line.get("pred"), str) and _is_number(line.get("confidence"))
+            and isinstance(top5, list) and len(top5) > 0
+            and all(isinstance(t, dict) and isinstance(t.get("class"), str) and _is_number(t.get("prob")) for t in top5)
+            and (corners is None or (isinstance(corners, list) and len(corners) == 4
+                                     and all(isinstance(c, list) and len(c) == 2 and all(map(_is_number, c)) for c in corners))))
+
+
+def _manifest_problem(record) -> str | None:
+    """What is wrong with a session record's manifest copy, or ``None`` when the report can use it."""
+    manifest = record.get("manifest") if isinstance(record, dict) else None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("tiles"), list):
+        return "holds no sheet manifest"
+    for t in manifest["tiles"]:
+        if not (isinstance(t, dict) and isinstance(t.get("tile_id"), str) and t.get("kind") in ("adversarial", "clean")
+                and isinstance(t.get("true_class"), str) and isinstance(t.get("run"), str)
+                and (t.get("target_class") is None or isinstance(t.get("target_class"), str))):
+            return "holds a manifest tile that lacks tile_id, kind, run or true_class"
+        digital = t.get("digital")
+        if digital is not None and not (isinstance(digital, dict) and isinstance(digital.get("top5"), list)
+                                        and all(isinstance(c, str) for c in digital["top5"])):
+            return f"holds tile {t['tile_id']!r} with a malformed digital prediction"
+    if not isinstance(record.get("tags", {}), dict):
+        return "holds tags that are not a KEY: VALUE table"
+    return None
 
 
 def pool(paths: list[str | Path], rule: SegmentRule = SegmentRule()) -> Observations:

@@ -1,0 +1,57 @@
+"""Fuzzing the parsers a user's files reach: whatever bytes a capture log or a session record
+holds (a crash mid-write, a hand edit, another tool's file), ``report`` either reports or says
+what is wrong in one line — never an internal error."""
+
+import json
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from helpers import run_cli
+
+TILES = [{"tile_id": "01", "page": 1, "kind": "adversarial", "run": "r", "model": "signs", "true_class": "stop",
+          "target_class": None, "bbox_mm": [0, 0, 40, 40], "marker_ids": [0, 1, 2, 3], "digital": None},
+         {"tile_id": "02", "page": 1, "kind": "clean", "run": "r", "model": "signs", "true_class": "stop",
+          "target_class": None, "bbox_mm": [50, 0, 40, 40], "marker_ids": [4, 5, 6, 7], "digital": None}]
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, width=32) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+
+# log lines that look like capture's: the right keys with values of any type, or missing
+line_dicts = st.fixed_dictionaries({}, optional={
+    "frame": json_values, "time": json_values, "tile_id": st.sampled_from(["01", "02", "03"]) | json_values,
+    "found": st.booleans() | json_values, "pred": st.sampled_from(["stop", "yield"]) | json_values,
+    "confidence": json_values, "top5": json_values, "corners_px": json_values, "markers_used": json_values,
+    "reason": json_values})
+raw_lines = st.one_of(line_dicts.map(json.dumps), st.text(max_size=40), json_values.map(json.dumps))
+
+
+def _check(capsys, tmp_path, session_text: str, lines: list[str]) -> None:
+    folder = tmp_path / "cap"
+    folder.mkdir(exist_ok=True)
+    (folder / "session.json").write_text(session_text)
+    (folder / "detections.jsonl").write_text("\n".join(lines) + "\n")
+    for stale in ("report.json", "report.html"):
+        (folder / stale).unlink(missing_ok=True)
+    code, _, err = run_cli(capsys, "report", str(folder))
+    assert code in (0, 2), err
+    assert "internal error" not in err and "Traceback" not in err, err
+    if code == 2:
+        assert len(err.strip().splitlines()) == 1 and err.startswith("physical-adv: error: "), err
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(raw_lines, max_size=12))
+def test_any_log_lines_give_a_report_or_one_line_error(capsys, tmp_path, lines):
+    session = json.dumps({"manifest": {"sheet_id": "fuzz", "tiles": TILES, "markers": []}, "tags": {}, "source": {"kind": "images"}})
+    _check(capsys, tmp_path, session, lines)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(session=st.one_of(st.text(max_size=60), json_values.map(json.dumps),
+                         st.fixed_dictionaries({"manifest": json_values, "tags": json_values}).map(json.dumps)))
+def test_any_session_record_gives_a_report_or_one_line_error(capsys, tmp_path, session):
+    line = {"frame": 0, "time": 1.0, "tile_id": "01", "found": True, "pred": "stop", "confidence": 0.9,
+            "top5": [{"class": "stop", "prob": 0.9}], "corners_px": [[0, 0], [1, 0], [1, 1], [0, 1]], "markers_used": [0]}
+    _check(capsys, tmp_path, session, [json.dumps(line)])
