@@ -1,24 +1,48 @@
 """The command-line contract: help, version, one-line errors with exit code 2, classify output."""
 
+import errno
 import json
+import re
 import subprocess
 import sys
 
 import pytest
+import typer
 
 from physical_adv import __version__
+from physical_adv.cli import app
+from physical_adv.errors import os_error_message
 from helpers import assert_one_line_error, run_cli
 
+COMMANDS = typer.main.get_command(app).commands  # name → click command, as registered
 
 
+def _flat(text):
+    """Help text without rich's box drawing and line wrapping, for substring checks."""
+    return " ".join(re.sub("[│╭╮╰╯─]", " ", text).split())
 
 
-
-def test_help_lists_every_command(capsys):
+def test_root_help_lists_every_command_with_its_own_summary(capsys):
     code, out, _ = run_cli(capsys, "--help")
     assert code == 0
-    for command in ("models", "classify", "attack", "sheet", "simulate", "capture", "report", "demo", "train-signs"):
-        assert command in out
+    flat = _flat(out)
+    for name, command in COMMANDS.items():
+        summary = _flat(command.help.splitlines()[0])
+        assert f" {name} {summary}" in flat, name
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_each_commands_help_explains_every_option_and_argument(capsys, name):
+    code, out, _ = run_cli(capsys, name, "--help")
+    assert code == 0
+    flat = _flat(out)
+    command = COMMANDS[name]
+    assert _flat(command.help.split("\n\n")[0]) in flat
+    for param in command.params:
+        assert param.help, f"{name}: {param.name} has no help text"
+        assert _flat(param.help) in flat, (name, param.name)
+        if param.param_type_name == "option":
+            assert all(opt in flat for opt in param.opts), (name, param.opts)
 
 
 def test_version_prints_package_version(capsys):
@@ -101,11 +125,10 @@ def test_unknown_option_is_one_line_error(capsys):
     assert_one_line_error(code, err, "--frobnicate")
 
 
-def test_missing_cuda_is_one_line_error(capsys):
+def test_missing_cuda_is_one_line_error(capsys, monkeypatch):
     import torch
 
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on a machine with a GPU
     code, _, err = run_cli(capsys, "classify", "sign:stop", "--device", "cuda")
     assert_one_line_error(code, err, "CUDA")
 
@@ -116,3 +139,12 @@ def test_models_lists_signs_with_its_weights(capsys):
     entries = {e["spec"]: e for e in json.loads(out)}
     assert entries["signs"]["available"] is True
     assert entries["signs"]["weights"].endswith("signs.safetensors")
+
+
+def test_unfixable_os_errors_stay_internal_errors():
+    assert os_error_message(OSError(errno.EIO, "Input/output error", "/dev/sda")) is None
+
+
+def test_a_full_disk_message_names_the_file_and_says_the_disk_is_full(tmp_path):
+    message = os_error_message(OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "s.pdf")))
+    assert message == f"{tmp_path / 's.pdf'}: No space left on device (the disk is full)"

@@ -5,13 +5,34 @@ from physical_adv.devices import resolve_device
 from physical_adv.errors import UserError
 
 
-def test_auto_picks_cuda_when_present_else_cpu():
-    expected = "cuda" if torch.cuda.is_available() else None
-    device = resolve_device("auto")
-    if expected:
-        assert device.type == "cuda"
-    else:
-        assert device.type in ("cpu", "mps")
+def _hardware(monkeypatch, cuda, mps):
+    """Pretend the machine has (or lacks) each accelerator: the probes are torch's, not the code under test."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+
+
+@pytest.mark.parametrize("cuda, mps, expected", [(True, True, "cuda"), (True, False, "cuda"),
+                                                 (False, True, "mps"), (False, False, "cpu")])
+def test_auto_prefers_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, expected):
+    _hardware(monkeypatch, cuda, mps)
+    assert resolve_device("auto") == resolve_device(None) == torch.device(expected)
+
+
+def test_auto_on_this_machine_is_cuda_exactly_when_cuda_is_available():
+    assert (resolve_device("auto").type == "cuda") == torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("name, fragment", [("cuda", "no CUDA GPU"), ("mps", "MPS is not available")])
+def test_an_absent_accelerator_asked_for_by_name_is_user_error(monkeypatch, name, fragment):
+    _hardware(monkeypatch, False, False)
+    with pytest.raises(UserError, match=fragment):
+        resolve_device(name)
+
+
+def test_a_malformed_cuda_device_is_user_error(monkeypatch):
+    _hardware(monkeypatch, True, False)
+    with pytest.raises(UserError, match="bad device 'cuda:x'"):
+        resolve_device("cuda:x")
 
 
 def test_cpu_is_always_available():
@@ -60,4 +81,6 @@ def test_attack_runs_on_cuda(tmp_path):
 
     record = run_attack(AttackConfig(source="sign:stop", out=tmp_path / "run", device="cuda", steps=5, eval_samples=50),
                         show_progress=False).record
-    assert record["device"].startswith("cuda") and 0 <= record["metrics"]["eot_success"] <= 1
+    assert record["device"].startswith("cuda")
+    # five steps do not fool the model yet (on CPU: 0.959 → 0.933), but they must push the true class down
+    assert record["metrics"]["mean_true_prob"] < record["metrics"]["clean_mean_true_prob"] - 0.01

@@ -19,14 +19,25 @@ def test_signs_weights_ship_inside_the_package_under_5_mb():
 
 def test_signs_model_contract(signs_model):
     assert len(signs_model.class_names) >= 12
+    assert len(set(signs_model.class_names)) == len(signs_model.class_names)
     assert REQUIRED_SIGN_CLASSES <= set(signs_model.class_names)
     assert 64 <= signs_model.input_size <= 128
     x = torch.rand(3, 3, signs_model.input_size, signs_model.input_size)
     assert signs_model(x).shape == (3, len(signs_model.class_names))
 
 
-def test_models_resize_other_input_sizes(signs_model):
-    assert signs_model(torch.rand(2, 3, 200, 200)).shape == (2, len(signs_model.class_names))
+def test_models_resize_other_input_sizes_to_what_area_downsampling_gives(signs_model):
+    from physical_adv.images import to_batch
+    from physical_adv.signs import render_clean
+
+    names = ["stop", "yield", "speed limit 50"]
+    big = to_batch([render_clean(name, 200) for name in names])
+    small = to_batch([render_clean(name, 200) for name in names], signs_model.input_size)  # OpenCV INTER_AREA
+    with torch.no_grad():
+        p_big, p_small = (torch.softmax(signs_model(x), 1) for x in (big, small))
+    assert p_big.shape == (3, len(signs_model.class_names))
+    assert [signs_model.class_names[i] for i in p_big.argmax(1)] == names
+    assert (p_big - p_small).abs().max() < 0.05  # the wrapper's antialiased resize ≈ an area downsample
 
 
 def test_gradients_reach_the_input(signs_model):

@@ -170,3 +170,114 @@ def test_many_runs_fill_several_pages_with_unique_markers(runs, tmp_path):
     assert sheet.manifest["pages"] == 3
     ids = [m["id"] for m in sheet.manifest["markers"]]
     assert len(ids) == len(set(ids)) == 48
+
+
+def _outputs(pdf):
+    """Every file a sheet named like ``pdf`` owns, with its bytes."""
+    return {p.name: p.read_bytes() for p in pdf.parent.iterdir() if p.is_file() and p.name.startswith(pdf.stem)}
+
+
+@pytest.fixture
+def earlier_sheet(runs, tmp_path):
+    """A sheet written once; the tests then write a different one (tiles of another size) over it."""
+    pdf = tmp_path / "s.pdf"
+    make_sheet(SheetConfig(runs=(runs[0],), out=pdf, controls=False))
+    return pdf
+
+
+def test_a_manifest_that_cannot_be_replaced_leaves_the_earlier_pdf_and_previews_untouched(runs, earlier_sheet):
+    manifest = earlier_sheet.with_suffix(".json")
+    manifest.unlink()
+    manifest.mkdir()  # a folder stands where the new manifest must go
+    (manifest / "keep").write_text("x")
+    before = _outputs(earlier_sheet)
+    with pytest.raises(IsADirectoryError):
+        make_sheet(SheetConfig(runs=(runs[0],), out=earlier_sheet, controls=False, tile_mm=60))
+    assert _outputs(earlier_sheet) == before
+    assert sorted(p.name for p in earlier_sheet.parent.iterdir()) == ["s-page1.png", "s.json", "s.pdf"]
+
+
+def test_a_failure_at_the_last_rename_puts_back_the_earlier_manifest_and_previews(runs, earlier_sheet, monkeypatch):
+    import errno
+    import os
+
+    real_replace = os.replace
+
+    def disk_full_at_the_pdf(src, dst):
+        if str(dst) == str(earlier_sheet):  # the PDF moves last: everything else is already in place
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real_replace(src, dst)
+
+    before = _outputs(earlier_sheet)
+    monkeypatch.setattr(os, "replace", disk_full_at_the_pdf)
+    with pytest.raises(OSError, match="No space left"):
+        make_sheet(SheetConfig(runs=(runs[0],), out=earlier_sheet, controls=False, tile_mm=60))
+    monkeypatch.undo()
+    assert _outputs(earlier_sheet) == before
+    assert sorted(p.name for p in earlier_sheet.parent.iterdir()) == ["s-page1.png", "s.json", "s.pdf"]
+
+
+def test_a_failing_preview_renderer_leaves_the_earlier_sheet_untouched(runs, earlier_sheet, monkeypatch):
+    import physical_adv.sheet as sheet_module
+
+    def renderer_out_of_memory(*args, **kwargs):
+        raise MemoryError("pdfium ran out of memory")
+
+    before = _outputs(earlier_sheet)
+    monkeypatch.setattr(sheet_module, "render_pages", renderer_out_of_memory)
+    with pytest.raises(MemoryError):
+        make_sheet(SheetConfig(runs=(runs[0],), out=earlier_sheet, controls=False, tile_mm=60))
+    assert _outputs(earlier_sheet) == before
+    assert sorted(p.name for p in earlier_sheet.parent.iterdir()) == ["s-page1.png", "s.json", "s.pdf"]
+
+
+def test_a_shorter_sheet_removes_the_previews_of_a_longer_one_of_the_same_name(runs, tmp_path):
+    pdf = tmp_path / "s.pdf"
+    make_sheet(SheetConfig(runs=tuple(runs * 3), out=pdf))
+    assert {p.name for p in tmp_path.glob("s-page*.png")} == {"s-page1.png", "s-page2.png", "s-page3.png"}
+    sheet = make_sheet(SheetConfig(runs=(runs[0],), out=pdf))
+    assert sheet.manifest["pages"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s-page1.png", "s.json", "s.pdf"]
+    assert json.loads(pdf.with_suffix(".json").read_text())["sheet_id"] == sheet.manifest["sheet_id"]
+
+
+def test_an_output_under_a_regular_file_is_one_line_error_naming_it(capsys, runs, tmp_path):
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    code, _, err = run_cli(capsys, "sheet", runs[0], "--out", str(tmp_path / "notes.txt" / "s.pdf"))
+    assert_one_line_error(code, err, str(tmp_path / "notes.txt"))
+    assert (tmp_path / "notes.txt").read_text() == "a file, not a folder"
+
+
+def test_an_output_pdf_that_is_a_folder_is_one_line_error_and_writes_nothing(capsys, runs, tmp_path):
+    (tmp_path / "s.pdf").mkdir()
+    code, _, err = run_cli(capsys, "sheet", runs[0], "--out", str(tmp_path / "s.pdf"))
+    assert_one_line_error(code, err, "a folder stands where a file should be")
+    assert str(tmp_path / "s.pdf") in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.pdf"]
+
+
+def test_sheet_files_get_the_usual_permissions_not_the_temporaries(runs, tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        sheet = make_sheet(SheetConfig(runs=(runs[0],), out=tmp_path / "s.pdf", controls=False))
+    finally:
+        os.umask(old)
+    for path in (sheet.pdf, sheet.manifest_path, *sheet.previews):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path  # readable by a print server or a colleague
+
+
+def test_a_full_disk_is_one_line_error_naming_the_file_being_written(capsys, runs, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    def disk_full(fd):  # what the kernel answers when the disk fills up while flushing
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    code, _, err = run_cli(capsys, "sheet", runs[0], "--out", str(tmp_path / "s.pdf"))
+    assert_one_line_error(code, err, "the disk is full")
+    assert ".json" in err and str(tmp_path) in err  # the manifest's write is the first to flush
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

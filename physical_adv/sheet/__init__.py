@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 
-from physical_adv.artifacts import atomic_write_bytes, read_json, software_versions, utc_now
+from physical_adv.artifacts import atomic_write_bytes, commit_files, read_json, software_versions, utc_now
 from physical_adv.errors import UserError
 from physical_adv.images import load_image
 from physical_adv.markers import DEFAULT_DICTIONARY, dictionary_size
@@ -74,9 +75,17 @@ def _read_run(run: str) -> dict:
 
 
 def make_sheet(cfg: SheetConfig) -> Sheet:
-    """Lay out the runs of ``cfg`` and write ``OUT.pdf``, ``OUT.json`` and page previews.
+    """Lay out the runs of ``cfg`` and write ``OUT.pdf``, ``OUT.json`` and page previews ``OUT-pageN.png``.
 
-    Nothing is written unless everything succeeds (temporary files, then renames).
+    All or nothing: the files are built in temporaries and renamed into place together, so a
+    failure leaves an earlier sheet of the same name exactly as it was; previews of an earlier,
+    longer sheet of that name are removed with the same commit.
+
+    Args:
+        cfg: the runs, the template and where to write.
+
+    Returns:
+        The paths written and the manifest.
     """
     template: Template = load_template(cfg.template, cfg.tile_mm)
     runs = [_read_run(r) for r in cfg.runs]
@@ -153,18 +162,37 @@ def _digital_predictions(tiles_src: list) -> list[dict | None]:
 
 
 def _write_outputs(cfg: SheetConfig, manifest: dict, images: dict, template: Template) -> Sheet:
+    """Build the PDF, manifest and previews in a temporary folder, then move them into place together:
+    a failure at any point leaves the previous outputs exactly as they were."""
     pdf = Path(cfg.out)
     pdf.parent.mkdir(parents=True, exist_ok=True)
     manifest_path = pdf.with_suffix(".json")
-    previews = [pdf.with_name(f"{pdf.stem}-page{p}.png") for p in range(1, manifest["pages"] + 1)] if cfg.previews else []
+    previews = [preview_path(pdf, p) for p in range(1, manifest["pages"] + 1)] if cfg.previews else []
     with tempfile.TemporaryDirectory(prefix=f".{pdf.stem}.", dir=pdf.parent) as tmp:
-        tmp_pdf = Path(tmp) / pdf.name
-        write_pdf(tmp_pdf, manifest, images, template, title=f"physical-adv sheet {manifest['sheet_id']}")
-        rendered = render_pages(tmp_pdf, PREVIEW_DPI) if previews else []
-        # everything is built; now put it in place (PDF last, so a present PDF implies the rest)
-        for path, page in zip(previews, rendered):
+        staged = {path: Path(tmp) / path.name for path in (*previews, manifest_path, pdf)}
+        write_pdf(staged[pdf], manifest, images, template, title=f"physical-adv sheet {manifest['sheet_id']}")
+        atomic_write_bytes(staged[manifest_path], (json.dumps(manifest, indent=2) + "\n").encode())
+        for path, page in zip(previews, render_pages(staged[pdf], PREVIEW_DPI) if previews else []):
             ok, buf = cv2.imencode(".png", page)
-            atomic_write_bytes(path, buf.tobytes())
-        atomic_write_bytes(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
-        tmp_pdf.replace(pdf)
+            if not ok:
+                raise RuntimeError(f"OpenCV could not encode the preview {path}")
+            atomic_write_bytes(staged[path], buf.tobytes())
+        # the PDF moves last, so that a PDF never stands beside an older manifest
+        commit_files([(src, dst) for dst, src in staged.items()], remove=_stale_previews(pdf, previews))
     return Sheet(pdf, manifest_path, manifest, previews)
+
+
+def preview_path(pdf: Path, page: int) -> Path:
+    """Where the PNG preview of ``page`` (from 1) of the sheet ``pdf`` goes: ``NAME-pageN.png``."""
+    return pdf.with_name(f"{pdf.stem}-page{page}.png")
+
+
+def is_preview(pdf: Path, path: Path) -> bool:
+    """Whether ``path`` is named as a page preview of the sheet ``pdf`` (``NAME-pageN.png`` beside it)."""
+    return Path(path).parent == Path(pdf).parent and re.fullmatch(
+        re.escape(Path(pdf).stem) + r"-page[0-9]+\.png", Path(path).name) is not None
+
+
+def _stale_previews(pdf: Path, keep: list[Path]) -> list[Path]:
+    """Previews of an earlier sheet of the same name that the new one does not overwrite."""
+    return [p for p in pdf.parent.iterdir() if is_preview(pdf, p) and p not in keep and p.is_file()]
