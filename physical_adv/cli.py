@@ -16,12 +16,15 @@ except ImportError:  # older typer on top of click
     from click import ClickException
 
 from physical_adv import __version__
-from physical_adv.errors import UserError
+from physical_adv.errors import UserError, os_error_message
 from physical_adv.memory import keep_freed_memory
 
 app = typer.Typer(
     name="physical-adv",
-    help="Physical-world adversarial examples: EOT attacks, printable sheets, webcam capture, survival reports.",
+    help="Physical-world adversarial examples: EOT attacks, printable sheets, webcam capture, survival reports.\n\n"
+         "Pipeline: attack → sheet (PDF) → print at 100 % → capture (webcam, video or photos) → report; "
+         "simulate stands in for the printer and camera. New here? Run `physical-adv demo` (a few minutes on a CPU), "
+         "then `physical-adv COMMAND --help`.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -117,6 +120,7 @@ def classify_cmd(
 def attack_cmd(
     source: str = typer.Option(..., "--source", "-s", help="Image file, or sign:NAME for a built-in sign rendering."),
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Target class name (untargeted when omitted)."),
+    true_class: Optional[str] = typer.Option(None, "--true-class", help="The source's true class (default: the sign's class for sign:NAME, else the model's prediction on the clean image)."),
     model: str = ModelOpt,
     classes: Optional[str] = ClassesOpt,
     eps: Optional[float] = typer.Option(None, "--eps", help="Budget: /255 units for linf (default 16); L2 norm at the model's input size for l2 (default 2.0)."),
@@ -126,7 +130,7 @@ def attack_cmd(
     patch_area: float = typer.Option(0.2, "--patch-area", help="Sticker area as a fraction of the tile."),
     patch_pos: str = typer.Option("0.5,0.5", "--patch-pos", help="Sticker centre as X,Y fractions of the tile."),
     eot_name: str = typer.Option("print-camera", "--eot", help="Transformation distribution: none, digital, print-camera, print-camera-hard, or a .toml file."),
-    eval_eot: Optional[str] = typer.Option(None, "--eval-eot", help="Distribution of the held-out check (default: the same as --eot)."),
+    eval_eot: Optional[str] = typer.Option(None, "--eval-eot", help="Distribution of the held-out check (default: the same as --eot; print-camera when --eot is deterministic, like none)."),
     samples: int = typer.Option(32, "--samples", help="Transformations drawn per step (the EOT batch)."),
     steps: int = typer.Option(300, "--steps", help="Optimisation steps (stops early once the goal is held with margin)."),
     seed: int = typer.Option(0, "--seed", help="Seeds every random draw; held-out checks use a seed derived from it."),
@@ -142,6 +146,7 @@ def attack_cmd(
     """Make a perturbation or sticker that survives printing and photographing (EOT)."""
     import time as _time
 
+    from physical_adv.attack.preview import success_text
     from physical_adv.attack.runner import AttackConfig, run_attack
 
     try:
@@ -154,16 +159,17 @@ def attack_cmd(
         slug = "".join(c if c.isalnum() else "-" for c in Path(source.replace("sign:", "")).stem.lower()).strip("-")
         goal = "".join(c if c.isalnum() else "-" for c in (target or "untargeted").lower())
         out = Path("runs") / f"{slug}-{goal}-{_time.strftime('%Y%m%d-%H%M%S')}"
-    cfg = build(AttackConfig, source=source, out=out, target=target, model=model, classes=classes, eps=eps, norm=norm, mask=mask, patch=patch,
+    cfg = build(AttackConfig, source=source, out=out, target=target, true_class=true_class, model=model, classes=classes, eps=eps, norm=norm, mask=mask, patch=patch,
                 patch_area=patch_area, patch_position=pos, eot=eot_name, eval_eot=eval_eot, samples=samples, steps=steps, seed=seed, loss=loss,
                 tv_weight=tv, nps_weight=nps, texture_size=texture_size, eval_samples=eval_samples, device=device,
                 early_stop=not no_early_stop)
     result = run_attack(cfg)
     r, m = result.record, result.record["metrics"]
     goal = f"classified as {r['target_class']}" if r["targeted"] else f"not classified as {r['true_class']}"
-    lo, hi = m["eot_success_ci95"]
-    typer.echo(f"{result.out}: {goal} in {m['eot_success']:.1%} of {m['eot_samples']} held-out {cfg.eval_eot or cfg.eot} draws "
-               f"(95% CI {lo:.1%}–{hi:.1%}; clean image: {m['clean_eot_success']:.1%}); {m['wall_seconds']:.0f} s")
+    typer.echo(f"{result.out}: {goal} in {success_text(m, r['eval_distribution']['name'])} "
+               f"(clean image: {m['clean_eot_success']:.1%}); {m['wall_seconds']:.0f} s")
+    if cfg.eval_eot is None and r["eval_distribution"]["name"] != r["eot_distribution"]["name"]:
+        typer.echo(f"note: {r['eval_distribution_reason']}")
 
 
 @app.command("sheet")
@@ -194,11 +200,19 @@ def simulate_cmd(
     seed: int = typer.Option(0, "--seed", help="Seeds the print and every photo."),
     video: Optional[Path] = typer.Option(None, "--video", help="Also write the photos as a 30 fps MP4 video."),
     max_tilt: float = typer.Option(45.0, "--max-tilt", help="Largest tilt of the sheet, degrees."),
+    allow_partial: bool = typer.Option(False, "--allow-partial", help="Allow poses that cut tiles by the frame's edges "
+                                       "(ground_truth.json lists the tiles wholly in frame)."),
+    occluders: int = typer.Option(0, "--occluders", help="Draw this many opaque hand-like blobs over the sheet in every "
+                                  "photo, 0-10 (ground_truth.json lists the markers they cover)."),
 ) -> None:
-    """Make realistic 1280x720 photos of a printed sheet (printer + camera model), with ground truth."""
+    """Make realistic 1280x720 photos of a printed sheet (printer + camera model), with ground truth.
+
+    OUT is replaced as a whole (a previous simulate output only; any other non-empty folder is refused).
+    """
     from physical_adv.simulate import SimulateConfig, simulate
 
-    cfg = build(SimulateConfig, pdf=pdf, out=out, manifest=manifest, n=n, seed=seed, video=video, max_tilt=max_tilt)
+    cfg = build(SimulateConfig, pdf=pdf, out=out, manifest=manifest, n=n, seed=seed, video=video, max_tilt=max_tilt,
+                allow_partial=allow_partial, occluders=occluders)
     simulate(cfg)
     typer.echo(f"{out}: {n} photos + ground_truth.json" + (f"; video {video}" if video else ""))
 
@@ -209,7 +223,8 @@ def capture_cmd(
     camera: Optional[int] = typer.Option(None, "--camera", help="Webcam index (0 is usually the built-in one)."),
     video: Optional[Path] = typer.Option(None, "--video", help="A video file."),
     images: Optional[Path] = typer.Option(None, "--images", help="A folder of photos (sorted by name)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model spec (default: the one named in the manifest)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Classify every tile with this model spec "
+                                        "(default: each tile with the model its manifest entry names)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Session folder (default captures/<timestamp>)."),
     no_window: bool = typer.Option(False, "--no-window", help="No live window (also automatic without a display)."),
     every: int = typer.Option(30, "--every", help="From a live camera, save every N-th frame as JPEG."),
@@ -235,42 +250,40 @@ def capture_cmd(
     typer.echo(f"{result.out}: {result.frames} frames at {result.fps:.1f} fps")
     for tid, c in result.counts.items():
         rate = f"{c['fooled'] / c['found']:.0%}" if c["found"] else "-"
-        typer.echo(f"  tile {tid}: found in {c['found']}/{c['frames']} frames, not its true class in {c['fooled']} ({rate})")
+        typer.echo(f"  tile {tid}: found in {c['found']}/{c['frames']} frames with its page in view, "
+                   f"not its true class in {c['fooled']} ({rate})")
 
 
 @app.command("report")
 def report_cmd(
     captures: List[Path] = typer.Argument(..., help="Capture session folders (several sessions of one sheet are pooled)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for report.json and report.html (default: the capture folder; required when pooling several, whose own folders are left as they are)."),
     as_json: bool = typer.Option(False, "--json", help="Also print report.json on stdout."),
-    html_out: Optional[Path] = typer.Option(None, "--html", help="Where to write the HTML report (default: report.html in the first capture folder)."),
+    html_out: Optional[Path] = typer.Option(None, "--html", help="Where to write the HTML report (default: report.html beside report.json)."),
     by: Optional[str] = typer.Option(None, "--by", help="Break the rates down by this capture tag (e.g. angle, light)."),
 ) -> None:
-    """Survival rates per tile and run, with 95 % Wilson intervals: terminal table, report.json, report.html."""
-    from physical_adv.report import compute_report, pool, write_report_json
-    from physical_adv.report.html import write_html
+    """Survival rates per tile and run, with 95 % intervals that respect clustered frames: terminal table, report.json, report.html."""
+    from physical_adv.report import ReportConfig, run_report
     from physical_adv.report.table import print_table
 
-    obs = pool([str(c) for c in captures])
-    report = compute_report(obs, by=by)
-    json_paths = write_report_json(report, captures)
-    html_path = html_out or Path(captures[0]) / "report.html"
-    write_html(html_path, report, obs)
+    cfg = build(ReportConfig, captures=tuple(captures), out=out, html=html_out, by=by)
+    report, _, json_path, html_path = run_report(cfg)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
         print_table(report)
-        typer.echo(f"wrote {', '.join(str(p) for p in json_paths)} and {html_path}")
+        typer.echo(f"wrote {json_path} and {html_path}")
 
 
 @app.command("demo")
 def demo_cmd(
-    out: Path = typer.Option(Path("demo"), "--out", "-o", help="Folder for everything the demo makes."),
-    seed: int = typer.Option(0, "--seed"),
-    baselines: bool = typer.Option(False, "--baselines", help="Also print the same attacks made without EOT (plain PGD), for contrast."),
+    out: Path = typer.Option(Path("demo"), "--out", "-o", help="Folder for everything the demo makes; an earlier demo there is replaced once the new one is complete."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the attacks, the simulated print and every photo."),
+    baselines: bool = typer.Option(False, "--baselines", help="Also the sticker made without EOT (the L∞ attack's no-EOT twin is always on the sheet)."),
     photos: int = typer.Option(50, "--photos", help="Simulated photos of the sheet."),
     device: str = DeviceOpt,
 ) -> None:
-    """The whole pipeline on the embedded model: attack a stop sign twice, print a sheet, photograph it (simulated), capture, report."""
+    """The whole pipeline on the embedded model in a few minutes: attack a stop sign (a sticker, and an L∞ perturbation with and without EOT), print a sheet, photograph it (simulated), capture, report."""
     from physical_adv.demo import DemoConfig, run_demo
 
     run_demo(build(DemoConfig, out=out, seed=seed, device=device, baselines=baselines, photos=photos))
@@ -281,7 +294,7 @@ def train_signs_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the weights (.safetensors; a .json record goes beside it)."),
     seed: int = typer.Option(0, "--seed", help="Seeds every random draw of the training run."),
     samples: int = typer.Option(360_000, "--samples", help="Training scenes to draw (each is fresh)."),
-    batch_size: int = typer.Option(128, "--batch-size"),
+    batch_size: int = typer.Option(128, "--batch-size", help="Scenes per optimisation step."),
     workers: int = typer.Option(1, "--workers", help="Processes rendering scenes while the main process trains."),
     eval_samples: int = typer.Option(2000, "--eval-samples", help="Held-out scenes for the final accuracy."),
 ) -> None:
@@ -302,8 +315,13 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+def _internal_error(exc: BaseException) -> str:
+    return f"internal error: {type(exc).__name__}: {exc} (rerun with --verbose for the traceback)"
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point. User errors → one line ``physical-adv: error: …`` on stderr, exit 2;
+    """Entry point. User errors (and OS errors the user can fix: permissions, a full disk, a file
+    where a folder should be) → one line ``physical-adv: error: …`` on stderr, exit 2;
     Ctrl-C → exit 130; a bug → one line and exit 1, or the traceback with ``--verbose``."""
     args = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in args
@@ -323,10 +341,17 @@ def main(argv: list[str] | None = None) -> None:
         if verbose:
             raise
         _fail(str(exc))
+    except OSError as exc:
+        if verbose:
+            raise
+        message = os_error_message(exc)  # the user's files or disk, not a bug
+        if message is None:
+            _fail(_internal_error(exc), code=1)
+        _fail(message)
     except Exception as exc:  # noqa: BLE001 - the last line of defence for bugs
         if verbose:
             raise
-        _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --verbose for the traceback)", code=1)
+        _fail(_internal_error(exc), code=1)
     if result == 130:
         print("physical-adv: interrupted", file=sys.stderr)
     sys.exit(result if isinstance(result, int) else 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import cv2
@@ -12,12 +13,13 @@ DEFAULT_DICTIONARY = "DICT_4X4_250"
 
 def dictionary(name: str = DEFAULT_DICTIONARY):
     """The OpenCV predefined ArUco dictionary named like its ``cv2.aruco`` constant."""
-    if not name.startswith("DICT_") or not hasattr(cv2.aruco, name):
+    if not isinstance(name, str) or not name.startswith("DICT_") or not hasattr(cv2.aruco, name):
         raise ValueError(f"unknown ArUco dictionary {name!r}")
     return cv2.aruco.getPredefinedDictionary(getattr(cv2.aruco, name))
 
 
 def dictionary_size(name: str = DEFAULT_DICTIONARY) -> int:
+    """How many distinct marker ids the dictionary has."""
     return int(dictionary(name).bytesList.shape[0])
 
 
@@ -41,19 +43,64 @@ class Detection:
         return self.corners.mean(0)
 
 
+@dataclass(frozen=True)
+class Detections:
+    """The markers found in one image.
+
+    An id detected more than once (a second printed copy of the sheet in view, or a marker
+    of another sheet from the same dictionary) cannot say which copy it belongs to: such ids
+    are *ambiguous* for that image, listed in ``ambiguous`` and left out of ``markers``.
+    Iterating yields ``markers``.
+
+    Attributes:
+        markers: the markers seen exactly once, sorted by id.
+        ambiguous: ids seen more than once, sorted.
+    """
+
+    markers: tuple[Detection, ...] = ()
+    ambiguous: tuple[int, ...] = ()
+
+    def __iter__(self):
+        return iter(self.markers)
+
+    def __len__(self) -> int:
+        return len(self.markers)
+
+    def ids(self) -> set[int]:
+        """Every id detected in the image, ambiguous ones included."""
+        return {d.marker_id for d in self.markers} | set(self.ambiguous)
+
+
 def make_detector(name: str = DEFAULT_DICTIONARY):
     """An ``ArucoDetector`` with sub-pixel corner refinement (homographies need accurate corners)."""
     params = cv2.aruco.DetectorParameters()
     params.cornerRefinementMethod = cv2.aruco.CORNER_REFINE_SUBPIX
+    if hasattr(params, "relativeCornerRefinmentWinSize"):  # (sic) OpenCV ≥ 4.9
+        # a window of 0.8 of a marker cell (default 0.3, capped at cornerRefinementWinSize px):
+        # 40 % less corner error on simulated 720p photos (0.40 px mean vs 0.66)
+        params.relativeCornerRefinmentWinSize = 0.8
     return cv2.aruco.ArucoDetector(dictionary(name), params)
 
 
-def detect(image: np.ndarray, detector=None, name: str = DEFAULT_DICTIONARY) -> list[Detection]:
-    """Detect markers in a BGR/RGB or grey uint8 image; returns them sorted by id."""
+def detect(image: np.ndarray, detector=None, name: str = DEFAULT_DICTIONARY) -> Detections:
+    """Detect markers in an image: the one place that runs the ArUco detector.
+
+    Args:
+        image: ``(H, W, 3)`` BGR/RGB or ``(H, W)`` grey, uint8.
+        detector: from :func:`make_detector` (made from ``name`` when ``None``; pass one when
+            detecting in many images).
+        name: the ArUco dictionary, when ``detector`` is ``None``.
+
+    Returns:
+        :class:`Detections`: the markers seen once (sorted by id, corners float32 ``(4, 2)``)
+        and the ids seen more than once.
+    """
     grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     detector = detector or make_detector(name)
     corners, ids, _ = detector.detectMarkers(grey)
     if ids is None:
-        return []
+        return Detections()
     found = [Detection(int(i), c.reshape(4, 2).astype(np.float32)) for c, i in zip(corners, ids.ravel())]
-    return sorted(found, key=lambda d: d.marker_id)
+    counts = Counter(d.marker_id for d in found)
+    unique = sorted((d for d in found if counts[d.marker_id] == 1), key=lambda d: d.marker_id)
+    return Detections(tuple(unique), tuple(sorted(i for i, c in counts.items() if c > 1)))

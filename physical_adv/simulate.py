@@ -5,15 +5,27 @@ of the attacks rather than a copy of what the optimiser saw. A printer model is 
 once (one print per run: tone curve, gamut and saturation loss, paper colour, dot gain),
 then every photo gets its own camera: a pinhole pose with the sheet tilted up to
 ``max_tilt`` degrees and covering a third to all of the frame's area, a cluttered background,
-a lighting gradient and exposure, white balance, defocus or motion blur, sensor noise and
-JPEG. Each photo comes with its ground truth: the homography from page millimetres to
-frame pixels and every tile's corners in the frame.
+optional opaque occluders (hand-like blobs over parts of the sheet), a lighting gradient and
+exposure, white balance, defocus or motion blur, sensor noise and JPEG. Each photo comes
+with its ground truth: the homography from page millimetres to frame pixels, every tile's
+corners in the frame, which tiles lie wholly inside the frame (``tiles_in_frame``) and
+which markers and tiles the occluders cover (``markers_occluded``, ``tiles_occluded``: id →
+fraction of its area covered, for those covered at all).
+
+The output folder is replaced as a whole: photos and ground truth are written into a
+temporary sibling folder and swapped in at the end, so a crash leaves the previous output
+intact and a smaller run never leaves stale frames of a larger one behind. A non-empty
+folder that is not a previous simulate output is refused, untouched.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,15 +35,36 @@ import numpy as np
 from physical_adv.artifacts import atomic_write_bytes, atomic_write_json, software_versions, utc_now
 from physical_adv.errors import UserError
 from physical_adv.manifest import read_manifest
+from physical_adv.resample import area_downsample, max_pyramid_level, pyramid_level
 from physical_adv.sheet.render import render_pages
 from physical_adv.ui import make_progress
 
 FRAME_W, FRAME_H = 1280, 720
 RENDER_DPI = 200
+GROUND_TRUTH = "ground_truth.json"
+MAX_OCCLUDERS = 10
+# index coordinates (pixel centres at integers): the frame spans [-0.5, W - 0.5] × [-0.5, H - 0.5]
+_SHIFT = np.array([[1, 0, -0.5], [0, 1, -0.5], [0, 0, 1.0]])
+_GRID = (np.stack(np.meshgrid(np.arange(6), np.arange(6)), -1).reshape(-1, 2) + 0.5) / 6  # points in a unit square
 
 
 @dataclass(frozen=True)
 class SimulateConfig:
+    """What ``simulate`` makes.
+
+    Args:
+        pdf: the sheet PDF; ``manifest`` defaults to the PDF's ``NAME.json``.
+        out: the output folder (replaced as a whole; see the module docs).
+        n: number of photos.
+        seed: seeds the print and every photo.
+        video: also write the photos as a 30 fps MP4 here.
+        max_tilt: largest tilt of the sheet, degrees.
+        min_fill: smallest fraction of the frame's area the sheet covers face-on.
+        allow_partial: poses may cut tiles by the frame's edges (the ground truth says which
+            tiles lie wholly inside); otherwise every tile of the page is in the frame.
+        occluders: opaque hand-like blobs drawn over the sheet in every photo (0 to 10).
+    """
+
     pdf: Path
     out: Path
     manifest: Path | None = None
@@ -40,6 +73,8 @@ class SimulateConfig:
     video: Path | None = None
     max_tilt: float = 45.0
     min_fill: float = 1 / 3
+    allow_partial: bool = False
+    occluders: int = 0
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -48,19 +83,21 @@ class SimulateConfig:
             raise ValueError(f"max tilt must be in [0, 70] degrees, got {self.max_tilt:g}")
         if not 0.05 <= self.min_fill <= 1:
             raise ValueError(f"min fill must be in [0.05, 1], got {self.min_fill:g}")
+        if not 0 <= self.occluders <= MAX_OCCLUDERS:
+            raise ValueError(f"occluders must be in [0, {MAX_OCCLUDERS}], got {self.occluders}")
 
 
 def _printer(rng: np.random.Generator, page: np.ndarray, px_per_mm: float) -> np.ndarray:
     """One print: a tone curve, lost saturation, paper colour and dot gain (float32 [0, 1] BGR)."""
-    img = page.astype(np.float32) / 255.0
-    grey = img.mean(2, keepdims=True)
-    img = grey + (img - grey) * rng.uniform(0.7, 0.95)
+    saturation = rng.uniform(0.7, 0.95)
+    mix = np.full((3, 3), (1 - saturation) / 3, np.float32) + np.eye(3, dtype=np.float32) * np.float32(saturation)
+    img = cv2.transform(page.astype(np.float32) * np.float32(1 / 255), mix)  # grey + (img − grey)·saturation
     # an S-shaped tone curve between the ink's black and the paper's white
     black, white = rng.uniform(0.04, 0.15), rng.uniform(0.88, 0.98)
     k = rng.uniform(4.0, 7.0)
-    curve = 1 / (1 + np.exp(-k * (img - 0.5)))
     lo, hi = 1 / (1 + math.exp(k * 0.5)), 1 / (1 + math.exp(-k * 0.5))
-    img = black + (white - black) * (0.5 * img + 0.5 * (curve - lo) / (hi - lo))
+    curve = cv2.divide(1.0, 1.0 + cv2.exp(img * np.float32(-k) + np.float32(0.5 * k)))  # 1 / (1 + e^(−k(x − ½)))
+    img = np.float32(black) + np.float32(white - black) * (np.float32(0.5) * img + np.float32(0.5 / (hi - lo)) * (curve - np.float32(lo)))
     img = img * (1 - rng.uniform(0, 0.05, 3)).astype(np.float32)  # paper tint
     return cv2.GaussianBlur(img, (0, 0), max(0.3, 0.08 * px_per_mm))  # dot gain ≈ 0.08 mm
 
@@ -79,8 +116,11 @@ def _background(rng: np.random.Generator) -> np.ndarray:
     return cv2.GaussianBlur(img, (0, 0), rng.uniform(1, 6))
 
 
-def _pose(rng: np.random.Generator, page_mm: tuple[float, float], max_tilt: float, min_fill: float) -> np.ndarray:
-    """Homography page-mm → frame px for a pinhole camera looking at the tilted sheet."""
+def _pose(rng: np.random.Generator, page_mm: tuple[float, float], max_tilt: float, fill_range: tuple[float, float],
+          shift: float = 0.15) -> np.ndarray:
+    """Homography page-mm → frame px (continuous coordinates) for a pinhole camera looking at
+    the tilted sheet, which face-on would cover a fraction in ``fill_range`` of the frame's
+    area, its centre displaced by up to ``shift`` of the frame from the optical axis."""
     w, h = page_mm
     f = FRAME_W * rng.uniform(0.8, 1.4)  # focal length in pixels (a webcam's 50–75° field of view)
     tilt = math.radians(rng.uniform(0, max_tilt))
@@ -88,12 +128,11 @@ def _pose(rng: np.random.Generator, page_mm: tuple[float, float], max_tilt: floa
     axis = np.array([math.cos(axis_ang), math.sin(axis_ang), 0.0])
     r, _ = cv2.Rodrigues(axis * tilt)
     r = r @ cv2.Rodrigues(np.array([0, 0, math.radians(rng.uniform(-20, 20))]))[0]
-    # the sheet, seen face-on, would cover this fraction of the frame's area (it may overflow
-    # the frame at the top of the range: a sheet that fills the frame is cut by its edges)
-    fill = rng.uniform(min_fill, 1.0)
+    # at the top of the range the sheet overflows the frame and is cut by its edges
+    fill = rng.uniform(*fill_range)
     px_per_mm = math.sqrt(fill * FRAME_W * FRAME_H / (w * h))
     z = f / px_per_mm
-    centre = np.array([rng.uniform(-0.15, 0.15) * FRAME_W * z / f, rng.uniform(-0.15, 0.15) * FRAME_H * z / f, z])
+    centre = np.array([rng.uniform(-shift, shift) * FRAME_W * z / f, rng.uniform(-shift, shift) * FRAME_H * z / f, z])
     # page point (x, y, 0) in mm → camera: R · (x − w/2, y − h/2, 0) + centre
     k = np.array([[f, 0, FRAME_W / 2], [0, f, FRAME_H / 2], [0, 0, 1.0]])
     to_centre = np.array([[1, 0, -w / 2], [0, 1, -h / 2], [0, 0, 1.0]])
@@ -102,31 +141,98 @@ def _pose(rng: np.random.Generator, page_mm: tuple[float, float], max_tilt: floa
     return hom / hom[2, 2]
 
 
-def _pose_with_tiles_in_frame(rng: np.random.Generator, page_mm, cfg: SimulateConfig, tiles: list[dict]) -> np.ndarray:
-    """A pose in which every tile of the page is inside the frame (the sheet's margins and
-    markers may still be cut by the frame's edges). Rejection-samples, shrinking the largest
-    allowed fill if the tiles keep falling outside."""
-    pts = np.float64([[[x, y], [x + w, y], [x + w, y + h], [x, y + h]] for x, y, w, h in (t["bbox_mm"] for t in tiles)]).reshape(1, -1, 2)
+def _tile_quads(tiles: list[dict]) -> np.ndarray:
+    """Tile corners TL TR BR BL in page mm: ``(T, 4, 2)``."""
+    return np.float64([[[x, y], [x + w, y], [x + w, y + h], [x, y + h]] for x, y, w, h in (t["bbox_mm"] for t in tiles)]).reshape(-1, 4, 2)
+
+
+def _project(hom: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Points ``(..., 2)`` through a homography."""
+    flat = pts.reshape(1, -1, 2).astype(np.float64)
+    return cv2.perspectiveTransform(flat, hom)[0].reshape(pts.shape)
+
+
+def _inside(px: np.ndarray, margin: float = 0.0) -> np.ndarray:
+    """Whether each point ``(..., 2)`` (index coordinates) lies ``margin`` px inside the frame."""
+    lo = -0.5 + margin
+    return (px[..., 0] >= lo) & (px[..., 1] >= lo) & (px[..., 0] <= FRAME_W - 0.5 - margin) & (px[..., 1] <= FRAME_H - 0.5 - margin)
+
+
+def _pose_for_page(rng: np.random.Generator, page_mm, cfg: SimulateConfig, tiles: list[dict]) -> np.ndarray:
+    """A pose for one photo. Without ``allow_partial``, one in which every tile of the page is
+    inside the frame (margins and markers may still be cut): rejection-sampled, lowering the
+    smallest fill if tiles keep falling outside. With it, any pose, the sheet often larger than
+    the frame and off-centre, so that tiles are cut by the frame's edges."""
+    if cfg.allow_partial:
+        return _pose(rng, page_mm, cfg.max_tilt, (cfg.min_fill, 1.6), shift=0.35)
+    quads = _tile_quads(tiles)
     min_fill = cfg.min_fill
     for attempt in range(60):
-        hom = _pose(rng, page_mm, cfg.max_tilt, min_fill)
-        if not len(tiles):
-            return hom
-        px = cv2.perspectiveTransform(pts, hom)[0]
-        if (px[:, 0] >= 4).all() and (px[:, 1] >= 4).all() and (px[:, 0] <= FRAME_W - 4).all() and (px[:, 1] <= FRAME_H - 4).all():
+        hom = _pose(rng, page_mm, cfg.max_tilt, (min_fill, 1.0))
+        if not len(tiles) or _inside(_project(_SHIFT @ hom, quads), 4.0).all():
             return hom
         if attempt % 10 == 9:
             min_fill = max(0.05, min_fill * 0.8)
     return hom
 
 
-def _camera(rng: np.random.Generator, frame: np.ndarray) -> np.ndarray:
-    yy, xx = np.mgrid[0:FRAME_H, 0:FRAME_W].astype(np.float32)
+def _hand(rng: np.random.Generator, centre: np.ndarray, size: float) -> np.ndarray:
+    """A hand-like blob (palm and fingers) as a float32 (H, W) mask in [0, 1]."""
+    mask = np.zeros((FRAME_H, FRAME_W), np.uint8)
     ang = rng.uniform(0, 2 * math.pi)
-    ramp = 1 + rng.uniform(0, 0.35) * ((xx / FRAME_W - 0.5) * math.cos(ang) + (yy / FRAME_H - 0.5) * math.sin(ang))
-    frame = frame * ramp[..., None] * rng.uniform(0.75, 1.2)
-    frame = frame * rng.uniform(0.88, 1.12, 3).astype(np.float32)  # white balance
-    frame = np.clip(frame, 0, 1) ** rng.uniform(0.85, 1.2)
+    palm = size * rng.uniform(0.35, 0.5)
+    cx, cy = (int(round(v)) for v in centre)
+    cv2.ellipse(mask, (cx, cy), (int(palm), int(palm * rng.uniform(0.8, 1.1))), math.degrees(ang), 0, 360, 255, -1, cv2.LINE_AA)
+    for k in range(int(rng.integers(3, 6))):  # fingers, fanned out from the palm's top
+        a = ang + (k - 2) * 0.32 + rng.normal(0, 0.08)
+        length = palm * rng.uniform(1.2, 2.0)
+        start = centre + 0.6 * palm * np.array([math.cos(a), math.sin(a)])
+        end = start + length * np.array([math.cos(a), math.sin(a)])
+        cv2.line(mask, tuple(int(v) for v in start), tuple(int(v) for v in end), 255, max(2, int(palm * 0.38)), cv2.LINE_AA)
+    wrist = centre - 2.5 * palm * np.array([math.cos(ang), math.sin(ang)])  # an arm coming in from outside
+    cv2.line(mask, (cx, cy), tuple(int(v) for v in wrist), 255, max(2, int(palm * 1.4)), cv2.LINE_AA)
+    return mask.astype(np.float32) / 255.0
+
+
+def _occlude(rng: np.random.Generator, frame: np.ndarray, hom: np.ndarray, page_mm, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Draw ``n`` opaque hand-like occluders over the sheet; returns the frame and the
+    occluder mask (float32 (H, W) in [0, 1], 1 = covered)."""
+    w, h = page_mm
+    total = np.zeros((FRAME_H, FRAME_W), np.float32)
+    side = math.sqrt(abs(cv2.contourArea(_project(hom, np.float64([[0, 0], [w, 0], [w, h], [0, h]])).astype(np.float32))))
+    for _ in range(n):
+        centre = _project(hom, np.array([rng.uniform(0, w), rng.uniform(0, h)]))
+        mask = _hand(rng, centre, side * rng.uniform(0.2, 0.4))
+        colour = np.array([rng.uniform(0.25, 0.6), rng.uniform(0.35, 0.7), rng.uniform(0.5, 0.9)], np.float32)  # skin-ish, BGR
+        shade = 1 + 0.15 * cv2.GaussianBlur(rng.standard_normal((FRAME_H // 16, FRAME_W // 16)).astype(np.float32), (0, 0), 2)
+        paint = colour * cv2.resize(shade, (FRAME_W, FRAME_H))[..., None]
+        frame = frame * (1 - mask[..., None]) + paint * mask[..., None]
+        total = np.maximum(total, mask)
+    return frame, total
+
+
+def _covered(mask: np.ndarray, hom: np.ndarray, quads_mm: np.ndarray) -> np.ndarray:
+    """Fraction of each quad ``(Q, 4, 2)`` (page mm, axis-aligned) under the occluder mask,
+    from a 6×6 grid of points in each quad."""
+    lo, hi = quads_mm[:, 0], quads_mm[:, 2]
+    pts = lo[:, None] + _GRID[None] * (hi - lo)[:, None]
+    px = np.round(_project(_SHIFT @ hom, pts)).astype(int)
+    ok = (px[..., 0] >= 0) & (px[..., 1] >= 0) & (px[..., 0] < FRAME_W) & (px[..., 1] < FRAME_H)
+    vals = np.where(ok, mask[px[..., 1].clip(0, FRAME_H - 1), px[..., 0].clip(0, FRAME_W - 1)], 0.0)
+    return (vals >= 0.5).mean(1)
+
+
+def _camera(rng: np.random.Generator, frame: np.ndarray) -> np.ndarray:
+    """The camera: lighting ramp, exposure, white balance, gamma, defocus or motion blur,
+    sensor noise; float32 [0, 1] BGR in, uint8 out."""
+    ang = rng.uniform(0, 2 * math.pi)
+    amp = rng.uniform(0, 0.35)
+    x = (np.arange(FRAME_W, dtype=np.float32) / FRAME_W - 0.5) * math.cos(ang)
+    y = (np.arange(FRAME_H, dtype=np.float32) / FRAME_H - 0.5) * math.sin(ang)
+    ramp = 1 + amp * (y[:, None] + x[None, :])
+    exposure = rng.uniform(0.75, 1.2) * rng.uniform(0.88, 1.12, 3)  # white balance per channel
+    frame = frame.astype(np.float32) * ramp[..., None] * exposure.astype(np.float32)
+    frame = cv2.pow(np.clip(frame, 0, 1, out=frame), rng.uniform(0.85, 1.2))
     r = rng.random()
     if r < 0.5:
         frame = cv2.GaussianBlur(frame, (0, 0), rng.uniform(0.4, 1.6))
@@ -137,83 +243,208 @@ def _camera(rng: np.random.Generator, frame: np.ndarray) -> np.ndarray:
         rot = cv2.getRotationMatrix2D(((length - 1) / 2, (length - 1) / 2), rng.uniform(0, 180), 1.0)
         kernel = cv2.warpAffine(kernel, rot, (length, length))
         frame = cv2.filter2D(frame, -1, kernel / max(kernel.sum(), 1e-6))
-    frame = frame + rng.normal(0, rng.uniform(0.003, 0.02), frame.shape).astype(np.float32)
-    return np.clip(frame * 255 + 0.5, 0, 255).astype(np.uint8)
+    sigma = rng.uniform(0.003, 0.02)
+    frame = frame * 255 + (rng.standard_normal(frame.shape, dtype=np.float32) * np.float32(sigma * 255) + np.float32(0.5))
+    return np.clip(frame, 0, 255, out=frame).astype(np.uint8)
 
 
-def simulate(cfg: SimulateConfig, show_progress: bool = True) -> dict:
-    """Write ``cfg.n`` photos ``frame_NNNN.jpg`` of the sheet plus ``ground_truth.json`` and
-    ``simulate.json`` into ``cfg.out`` (and a video when ``cfg.video``).
+class _PrintedPage:
+    """One printed page and its area pyramid (levels built on first use)."""
 
-    Returns:
-        The ground-truth record.
-    """
-    pdf = Path(cfg.pdf)
-    if not pdf.is_file():
-        raise UserError(f"sheet PDF not found: {pdf}")
-    manifest = read_manifest(cfg.manifest or pdf.with_suffix(".json"))
+    def __init__(self, printed: np.ndarray, px_per_mm: float) -> None:
+        self.levels = {0: printed}
+        self.px_per_mm = px_per_mm
+        self.max_level = max_pyramid_level(printed.shape, 64)
+
+    def level(self, level: int) -> np.ndarray:
+        if level not in self.levels:
+            self.levels[level] = area_downsample(self.levels[0], level)
+        return self.levels[level]
+
+    def warp(self, hom: np.ndarray, page_mm) -> tuple[np.ndarray, np.ndarray]:
+        """The page seen through ``hom`` (page mm → frame px): (frame, coverage mask)."""
+        w, h = page_mm
+        corners = _project(hom, np.float64([[0, 0], [w, 0], [w, h], [0, h]]))
+        frame_px_per_mm = math.sqrt(abs(cv2.contourArea(corners.astype(np.float32))) / (w * h))
+        # sample the printed page from the pyramid level nearest the frame's scale (no aliasing)
+        level = pyramid_level(self.px_per_mm / max(frame_px_per_mm, 1e-9), self.max_level)
+        src, src_px_per_mm = self.level(level), self.px_per_mm / 2**level
+        mm_to_src = np.array([[src_px_per_mm, 0, -0.5], [0, src_px_per_mm, -0.5], [0, 0, 1.0]])
+        warp = _SHIFT @ hom @ np.linalg.inv(mm_to_src)
+        warped = cv2.warpPerspective(src, warp, (FRAME_W, FRAME_H), flags=cv2.INTER_LINEAR)
+        mask = cv2.warpPerspective(np.ones(src.shape[:2], np.float32), warp, (FRAME_W, FRAME_H), flags=cv2.INTER_LINEAR)
+        return warped, mask
+
+
+def _photo(rng: np.random.Generator, cfg: SimulateConfig, manifest: dict, page: _PrintedPage, page_no: int) -> tuple[bytes, dict]:
+    """One JPEG photo of a page and its ground truth (without the file name)."""
+    page_mm = tuple(manifest["page"]["size_mm"])
+    tiles = [t for t in manifest["tiles"] if t["page"] == page_no]
+    markers = [m for m in manifest["markers"] if m["page"] == page_no]
+    hom = _pose_for_page(rng, page_mm, cfg, tiles)
+    warped, mask = page.warp(hom, page_mm)
+    frame = _background(rng) * (1 - mask[..., None]) + warped * mask[..., None]
+    covered = np.zeros((FRAME_H, FRAME_W), np.float32)
+    if cfg.occluders:
+        frame, covered = _occlude(rng, frame, _SHIFT @ hom, page_mm, cfg.occluders)
+    photo = _camera(rng, frame)
+    quality = int(rng.integers(60, 96))
+    _, buf = cv2.imencode(".jpg", photo, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    corners = _project(_SHIFT @ hom, _tile_quads(tiles))
+    marker_quads = np.float64([np.asarray(m["center_mm"]) + np.float64([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * m["size_mm"] / 2
+                               for m in markers]).reshape(-1, 4, 2)
+    marker_cover = _covered(covered, hom, marker_quads)
+    tile_cover = _covered(covered, hom, _tile_quads(tiles))
+    truth = {
+        "page": page_no, "jpeg_quality": quality, "homography_mm_to_px": (_SHIFT @ hom).tolist(),
+        "tile_corners_px": {t["tile_id"]: c.round(3).tolist() for t, c in zip(tiles, corners)},
+        "tiles_in_frame": [t["tile_id"] for t, c in zip(tiles, corners) if _inside(c).all()],
+        "markers_occluded": {str(m["id"]): round(float(f), 3) for m, f in zip(markers, marker_cover) if f > 0},
+        "tiles_occluded": {t["tile_id"]: round(float(f), 3) for t, f in zip(tiles, tile_cover) if f > 0},
+    }
+    return buf.tobytes(), truth
+
+
+def _is_simulate_output(folder: Path) -> bool:
+    """Whether ``folder`` holds exactly a previous simulate output: its ground truth and the
+    photos that ground truth names (nothing a user put there)."""
+    try:
+        record = json.loads((folder / GROUND_TRUTH).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict) or record.get("kind") != "simulate" or not isinstance(record.get("frames"), list):
+        return False
+    names = {GROUND_TRUTH} | {f.get("file") for f in record["frames"] if isinstance(f, dict)}
+    if isinstance(record.get("video"), str):  # a video written into the folder itself
+        names.add(Path(record["video"]).name)
+    return all(p.name in names and p.is_file() and not p.is_symlink() for p in folder.iterdir())
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an output that would destroy something not made by simulate."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not _is_simulate_output(out):
+        raise UserError(f"{out} is not empty and is not a previous simulate output; choose another --out "
+                        "(nothing was changed)")
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with Linux's ``renameat2(RENAME_EXCHANGE)``; False where unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError, TypeError):  # not Linux/glibc
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    """Put folder ``new`` at ``out``, removing what was there, with no moment at which a crash
+    loses the old output: one atomic exchange where the OS has it, else two renames (the old
+    output kept under a hidden sibling name in between)."""
+    if not out.exists():
+        os.replace(new, out)
+        return
+    if _exchange(new, out):
+        shutil.rmtree(new)  # now the old output
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.replace(out, old / out.name)
+    os.replace(new, out)
+    shutil.rmtree(old)
+
+
+def _render_pages(pdf: Path, manifest: dict) -> list[np.ndarray]:
     try:
         pages = render_pages(pdf, RENDER_DPI)
     except Exception as exc:  # noqa: BLE001 - pdfium raises its own types for broken files
         raise UserError(f"cannot render {pdf} as a PDF: {exc}") from None
     if len(pages) != manifest["pages"]:
         raise UserError(f"{pdf} has {len(pages)} page(s) but its manifest says {manifest['pages']}")
+    return pages
+
+
+def simulate(cfg: SimulateConfig, show_progress: bool = True) -> dict:
+    """Write ``cfg.n`` photos ``frame_NNNN.jpg`` of the sheet plus ``ground_truth.json`` into
+    ``cfg.out`` (replacing a previous simulate output as a whole), and a video when ``cfg.video``.
+
+    Args:
+        cfg: what to make.
+        show_progress: show a progress bar.
+
+    Returns:
+        The ground-truth record (as written to ``ground_truth.json``).
+
+    Raises:
+        UserError: a missing or unreadable PDF or manifest, or an ``out`` folder holding
+            something other than a previous simulate output.
+    """
+    pdf = Path(cfg.pdf)
+    if not pdf.is_file():
+        raise UserError(f"sheet PDF not found: {pdf}")
+    manifest = read_manifest(cfg.manifest or pdf.with_suffix(".json"))
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_out(out)
+    pages = _render_pages(pdf, manifest)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.simulate-", dir=out.parent))
+    try:
+        record = _write_photos(cfg, manifest, pages, pdf, tmp, show_progress)
+        _swap_in(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return record
+
+
+def _video_target(video: Path, out: Path, folder: Path) -> Path:
+    """Where to write the video now: inside the temporary ``folder`` when it belongs in ``out``
+    (it is swapped in with the photos), else where the user asked."""
+    try:
+        return folder / video.resolve().relative_to(out.resolve())
+    except ValueError:
+        return video
+
+
+def _write_photos(cfg: SimulateConfig, manifest: dict, pages: list[np.ndarray], pdf: Path, folder: Path,
+                  show_progress: bool) -> dict:
+    """The photos, ground truth and optional video, written into ``folder``."""
     rng = np.random.default_rng([cfg.seed, 0x51])
     px_per_mm = RENDER_DPI / 25.4
-    printed = [_printer(rng, p, px_per_mm) for p in pages]
-    page_w, page_h = manifest["page"]["size_mm"]
-    frames, writer = [], None
+    printed = [_PrintedPage(_printer(rng, p, px_per_mm), px_per_mm) for p in pages]
+    frames, writer, video_tmp, video = [], None, None, None
     if cfg.video:
-        Path(cfg.video).parent.mkdir(parents=True, exist_ok=True)
-        writer = cv2.VideoWriter(str(cfg.video), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (FRAME_W, FRAME_H))
+        video = _video_target(Path(cfg.video), Path(cfg.out), folder)
+        video.parent.mkdir(parents=True, exist_ok=True)
+        video_tmp = video.with_name(f".{video.stem}.partial{video.suffix}")
+        writer = cv2.VideoWriter(str(video_tmp), cv2.VideoWriter_fourcc(*"mp4v"), 30.0, (FRAME_W, FRAME_H))
         if not writer.isOpened():
             raise UserError(f"cannot write video {cfg.video} (no mp4v encoder in this OpenCV?)")
-    with make_progress(disable=not show_progress) as progress:
-        task = progress.add_task("simulate", total=cfg.n, info="")
-        for i in range(cfg.n):
-            page_no = i % len(pages) + 1
-            sheet = printed[page_no - 1]
-            hom = _pose_with_tiles_in_frame(rng, (page_w, page_h), cfg, [t for t in manifest["tiles"] if t["page"] == page_no])
-            # sample the printed page from a pyramid level near the frame's scale (no aliasing)
-            corners = cv2.perspectiveTransform(np.float64([[[0, 0], [page_w, 0], [page_w, page_h], [0, page_h]]]), hom)[0]
-            frame_px_per_mm = math.sqrt(cv2.contourArea(corners.astype(np.float32)) / (page_w * page_h))
-            src, src_px_per_mm = sheet, px_per_mm
-            while src_px_per_mm / 2 >= frame_px_per_mm * 1.2 and min(src.shape[:2]) > 64:
-                half = (src.shape[1] // 2, src.shape[0] // 2)
-                src = cv2.resize(src[: 2 * half[1], : 2 * half[0]], half, interpolation=cv2.INTER_AREA)
-                src_px_per_mm /= 2
-            # index coordinates (pixel centres at integers): page mm → source pixels → frame pixels
-            mm_to_src = np.array([[src_px_per_mm, 0, -0.5], [0, src_px_per_mm, -0.5], [0, 0, 1.0]])
-            shift = np.array([[1, 0, -0.5], [0, 1, -0.5], [0, 0, 1.0]])
-            warp = shift @ hom @ np.linalg.inv(mm_to_src)
-            warped = cv2.warpPerspective(src, warp, (FRAME_W, FRAME_H), flags=cv2.INTER_LINEAR)
-            mask = cv2.warpPerspective(np.ones(src.shape[:2], np.float32), warp, (FRAME_W, FRAME_H), flags=cv2.INTER_LINEAR)
-            frame = _background(rng) * (1 - mask[..., None]) + warped * mask[..., None]
-            photo = _camera(rng, frame)
-            quality = int(rng.integers(60, 96))
-            ok, buf = cv2.imencode(".jpg", photo, [cv2.IMWRITE_JPEG_QUALITY, quality])
-            name = f"frame_{i:04d}.jpg"
-            atomic_write_bytes(out / name, buf.tobytes())
-            if writer is not None:
-                writer.write(cv2.imdecode(buf, cv2.IMREAD_COLOR))
-            tiles = {}
-            for t in manifest["tiles"]:
-                if t["page"] != page_no:
-                    continue
-                x, y, w, h = t["bbox_mm"]
-                pts = np.float64([[[x, y], [x + w, y], [x + w, y + h], [x, y + h]]])
-                tiles[t["tile_id"]] = (cv2.perspectiveTransform(pts, shift @ hom)[0]).round(3).tolist()
-            frames.append({"file": name, "page": page_no, "jpeg_quality": quality,
-                           "homography_mm_to_px": (shift @ hom).tolist(), "tile_corners_px": tiles})
-            progress.update(task, advance=1)
-    if writer is not None:
-        writer.release()
+    try:
+        with make_progress(disable=not show_progress) as progress:
+            task = progress.add_task("simulate", total=cfg.n, info="")
+            for i in range(cfg.n):
+                page_no = i % len(pages) + 1
+                jpeg, truth = _photo(rng, cfg, manifest, printed[page_no - 1], page_no)
+                name = f"frame_{i:04d}.jpg"
+                atomic_write_bytes(folder / name, jpeg)
+                if writer is not None:
+                    writer.write(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR))
+                frames.append({"file": name, **truth})
+                progress.update(task, advance=1)
+    finally:
+        if writer is not None:
+            writer.release()
+            if len(frames) < cfg.n:
+                video_tmp.unlink(missing_ok=True)
+    if video_tmp is not None:
+        os.replace(video_tmp, video)
     record = {"schema": 1, "kind": "simulate", "created": utc_now(), "sheet_id": manifest["sheet_id"],
               "pdf": str(pdf), "seed": cfg.seed, "n": cfg.n, "frame_size": [FRAME_W, FRAME_H],
-              "max_tilt": cfg.max_tilt, "min_fill": cfg.min_fill, "video": str(cfg.video) if cfg.video else None,
+              "max_tilt": cfg.max_tilt, "min_fill": cfg.min_fill, "allow_partial": cfg.allow_partial,
+              "occluders": cfg.occluders, "video": str(cfg.video) if cfg.video else None,
               "pixel_convention": "pixel centres at integer coordinates; corners TL TR BR BL", "frames": frames,
               "versions": software_versions()}
-    atomic_write_json(out / "ground_truth.json", record)
+    atomic_write_json(folder / GROUND_TRUTH, record)
     return record

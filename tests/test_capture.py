@@ -1,4 +1,5 @@
 """Simulate and capture: tiles found and located on synthetic photos, controls recognised,
+each tile read by its own model, duplicate markers and absent pages handled by one rule,
 a log that survives being killed, one-line errors for bad inputs."""
 
 import json
@@ -12,22 +13,17 @@ import cv2
 import numpy as np
 import pytest
 
-from physical_adv.attack.runner import AttackConfig, run_attack
-from physical_adv.capture import CaptureConfig, run_capture
+from capture_sheets import install_swapped_model, make_test_sheet, shared_sheet
 from helpers import assert_one_line_error, run_cli
-from physical_adv.sheet import SheetConfig, make_sheet
+from physical_adv.capture import CaptureConfig, run_capture
+from physical_adv.errors import UserError
+from physical_adv.sheet.render import render_pages
 from physical_adv.simulate import SimulateConfig, simulate
 
 
 @pytest.fixture(scope="module")
 def sheet(tmp_path_factory):
-    root = tmp_path_factory.mktemp("capture")
-    runs = []
-    for name in ("stop", "speed limit 50"):
-        cfg = AttackConfig(source=f"sign:{name}", out=root / name.replace(" ", "-"), steps=2, samples=4, eval_samples=10,
-                           texture_size=256, device="cpu")
-        runs.append(str(run_attack(cfg, show_progress=False).out))
-    return make_sheet(SheetConfig(runs=tuple(runs), out=root / "sheet.pdf", previews=False))
+    return shared_sheet(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -87,14 +83,127 @@ def test_session_records_source_model_and_totals(session):
     out, _ = session
     record = json.loads((out / "session.json").read_text())
     assert record["schema"] == 1 and record["ended"] == "source ended" and record["frames"] == 40
-    assert record["manifest"]["sheet_id"] and record["model"]["spec"] == "signs" and "torch" in record["versions"]
+    assert record["manifest"]["sheet_id"] and "torch" in record["versions"]
+    assert record["models"] == {"signs": {"input_size": 64, "tiles": ["01", "02", "03", "04"]}}
+    assert record["model_override"] is None
     assert any((out / "crops").rglob("*.png"))
 
 
-def test_box_crops_classify_too(sheet, photos, tmp_path):
-    result = run_capture(CaptureConfig(sheet=sheet.manifest_path, images=photos[0], out=tmp_path / "b", window=False,
-                                       crop="box", max_frames=5, device="cpu"), show_progress=False)
-    assert result.frames == 5
+def test_box_crops_classify_the_controls_correctly(sheet, photos, tmp_path):
+    out = tmp_path / "b"
+    result = run_capture(CaptureConfig(sheet=sheet.manifest_path, images=photos[0], out=out, window=False,
+                                       crop="box", max_frames=10, device="cpu"), show_progress=False)
+    assert result.frames == 10
+    lines = [json.loads(line) for line in (out / "detections.jsonl").read_text().splitlines()]
+    truth = {"02": "stop", "04": "speed limit 50"}
+    controls = [line["pred"] == truth[line["tile_id"]] for line in lines if line["found"] and line["tile_id"] in truth]
+    assert len(controls) >= 18 and np.mean(controls) >= 0.9
+
+
+# --- each tile with its own model -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_model_sheet(tmp_path_factory):
+    """Tiles 01/02 (stop) name ``signs``; tiles 03/04 (speed limit 50) name a model that reads
+    speed limit 50 as speed limit 30."""
+    root = tmp_path_factory.mktemp("two-models")
+    swapped = install_swapped_model(root / "modules")
+    sheet = make_test_sheet(root, runs=(("stop", "signs"), ("speed limit 50", swapped)))
+    frames = root / "sim"
+    simulate(SimulateConfig(pdf=sheet.pdf, out=frames, n=4, seed=8), show_progress=False)
+    return sheet, frames, swapped
+
+
+def _lines(out):
+    return [json.loads(line) for line in (out / "detections.jsonl").read_text().splitlines()]
+
+
+def test_each_tile_is_classified_by_the_model_its_manifest_names(two_model_sheet, tmp_path):
+    sheet, frames, swapped = two_model_sheet
+    out = tmp_path / "s"
+    run_capture(CaptureConfig(sheet=sheet.manifest_path, images=frames, out=out, window=False, device="cpu"), show_progress=False)
+    found = [line for line in _lines(out) if line["found"]]
+    assert {line["tile_id"] for line in found} == {"01", "02", "03", "04"}
+    for line in found:
+        assert line["model"] == ("signs" if line["tile_id"] in ("01", "02") else swapped)
+    stop_control = [line["pred"] for line in found if line["tile_id"] == "02"]
+    other_control = [line["pred"] for line in found if line["tile_id"] == "04"]
+    assert stop_control.count("stop") >= 0.75 * len(stop_control)  # signs reads stop as stop
+    assert other_control.count("speed limit 30") >= 0.75 * len(other_control)  # the swapped model's reading
+    record = json.loads((out / "session.json").read_text())
+    assert record["models"] == {"signs": {"input_size": 64, "tiles": ["01", "02"]}, swapped: {"input_size": 64, "tiles": ["03", "04"]}}
+    assert record["model_override"] is None
+    assert record["counts"]["04"]["fooled"] >= 0.75 * record["counts"]["04"]["found"]  # not its true class
+
+
+def test_model_option_classifies_every_tile_and_is_recorded(two_model_sheet, tmp_path):
+    sheet, frames, _ = two_model_sheet
+    out = tmp_path / "s"
+    run_capture(CaptureConfig(sheet=sheet.manifest_path, images=frames, out=out, window=False, device="cpu", model="signs"),
+                show_progress=False)
+    found = [line for line in _lines(out) if line["found"]]
+    assert {line["model"] for line in found} == {"signs"}
+    other_control = [line["pred"] for line in found if line["tile_id"] == "04"]
+    assert other_control.count("speed limit 50") >= 0.75 * len(other_control)
+    record = json.loads((out / "session.json").read_text())
+    assert record["model_override"] == "signs" and list(record["models"]) == ["signs"]
+
+
+def test_a_tile_class_its_model_lacks_is_an_error_naming_the_closest(sheet, photos, tmp_path):
+    manifest = json.loads(sheet.manifest_path.read_text())
+    manifest["tiles"][1]["true_class"] = "stpo"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="did you mean 'stop'"):
+        run_capture(CaptureConfig(sheet=bad, images=photos[0], out=tmp_path / "s", window=False, device="cpu"), show_progress=False)
+
+
+# --- which (frame, tile) pairs get a line ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def composed(sheet, tmp_path_factory):
+    """Three photos made from the rendered page: one copy of the sheet, two copies side by
+    side, and an empty table."""
+    page = render_pages(sheet.pdf, 61)[0]  # A4 at 61 dpi: 504 x 713 px
+    h, w = page.shape[:2]
+    folder = tmp_path_factory.mktemp("composed")
+    one = np.full((720, 1280, 3), 90, np.uint8)
+    one[3 : 3 + h, 380 : 380 + w] = page
+    two = np.full((720, 1280, 3), 90, np.uint8)
+    two[3 : 3 + h, 80 : 80 + w] = page
+    two[3 : 3 + h, 680 : 680 + w] = page
+    cv2.imwrite(str(folder / "a_one_copy.png"), one)
+    cv2.imwrite(str(folder / "b_two_copies.png"), two)
+    cv2.imwrite(str(folder / "c_no_sheet.png"), np.full((720, 1280, 3), 90, np.uint8))
+    out = folder / "cap"
+    run_capture(CaptureConfig(sheet=sheet.manifest_path, images=folder, out=out, window=False, device="cpu"), show_progress=False)
+    return out, _lines(out)
+
+
+def test_one_copy_of_the_sheet_is_found(composed):
+    _, lines = composed
+    first = [line for line in lines if line["frame"] == 0]
+    assert len(first) == 4 and all(line["found"] for line in first)
+
+
+def test_a_second_copy_of_the_sheet_makes_its_markers_ambiguous(composed, sheet):
+    _, lines = composed
+    second = [line for line in lines if line["frame"] == 1]
+    assert len(second) == 4
+    ids = {t["tile_id"]: t["marker_ids"] for t in sheet.manifest["tiles"]}
+    for line in second:
+        assert not line["found"] and "ambiguous" in line["reason"]
+        assert line["ambiguous_markers"] == ids[line["tile_id"]] and line["markers_used"] == []
+
+
+def test_a_frame_without_the_sheet_adds_no_line(composed):
+    out, lines = composed
+    assert not [line for line in lines if line["frame"] == 2]
+    record = json.loads((out / "session.json").read_text())
+    assert record["frames"] == 3
+    assert {c["frames"] for c in record["counts"].values()} == {2}  # frames with its page in view
 
 
 def test_video_source(sheet, tmp_path):
@@ -169,6 +278,15 @@ def test_camera_that_cannot_be_opened(capsys, sheet, tmp_path):
     code, _, err = run_cli(capsys, "capture", "--sheet", str(sheet.manifest_path), "--camera", "97", "--no-window",
                         "--out", str(tmp_path / "o"))
     assert_one_line_error(code, err, "cannot open camera 97")
+
+
+def test_a_bad_aruco_dictionary_in_the_manifest_is_a_one_line_error(capsys, sheet, tmp_path):
+    manifest = json.loads(sheet.manifest_path.read_text())
+    manifest["aruco_dictionary"] = "DICT_9X9_7"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(manifest))
+    code, _, err = run_cli(capsys, "capture", "--sheet", bad, "--images", tmp_path, "--no-window", "--out", tmp_path / "o")
+    assert_one_line_error(code, err, "unknown ArUco dictionary 'DICT_9X9_7'")
 
 
 def test_simulate_missing_pdf(capsys, tmp_path):

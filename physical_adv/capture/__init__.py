@@ -1,7 +1,20 @@
 """``physical-adv capture``: photos of a printed sheet → markers → rectified tiles → the
 classifier → an append-only log, one JSON line per (frame, tile).
 
-The session folder holds ``session.json`` (source, manifest copy, model, tags, versions;
+Each tile is classified by its own model, the one its manifest entry names (each model
+loaded once, the found tiles of a frame batched per model); ``--model SPEC`` classifies
+every tile with that one model instead (recorded as ``model_override`` in session.json).
+
+**Which (frame, tile) pairs get a line** — the denominator of the detection rate: a tile
+gets a line in a frame only when its page is in view, i.e. at least one marker of that page
+was detected in the frame. A frame in which no marker of the sheet is seen adds no line at
+all (it is still counted in session.json's ``frames``). A tile with a line is ``found`` when
+it could be located from at least one of its markers and lies wholly inside the frame;
+otherwise ``found`` is false and ``reason`` says why. A marker id detected more than once in
+a frame (a second printed copy of the sheet in view) is ambiguous there: it is not used for
+locating, and the line of each tile it belongs to lists it under ``ambiguous_markers``.
+
+The session folder holds ``session.json`` (source, manifest copy, models, tags, versions;
 rewritten atomically at the end with the totals), ``detections.jsonl`` (flushed after
 every frame, so Ctrl-C, a crash or an unplugged camera leave every complete line
 readable), ``crops/`` (a sample of rectified tiles for the report's gallery) and, for a
@@ -21,13 +34,15 @@ import numpy as np
 import torch
 
 from physical_adv.artifacts import atomic_write_bytes, atomic_write_json, software_versions, utc_now
-from physical_adv.capture.locate import Locator, box_crop, rectify
+from physical_adv.capture.locate import Locator, TileView, box_crop, rectify
 from physical_adv.capture.sources import Camera, ImageFolder, Source, VideoFile
+from physical_adv.classes import class_index
 from physical_adv.errors import UserError
 from physical_adv.images import to_batch
 from physical_adv.manifest import read_manifest
-from physical_adv.markers import Detection, make_detector
+from physical_adv.markers import detect, make_detector
 from physical_adv.models import load_model
+from physical_adv.outcome import is_fooled
 from physical_adv.ui import console, make_progress
 
 SCHEMA = 1
@@ -36,6 +51,22 @@ CROP_SAMPLES_PER_TILE = 24  # crops kept per tile for the gallery
 
 @dataclass(frozen=True)
 class CaptureConfig:
+    """One capture session.
+
+    Args:
+        sheet: the sheet manifest.
+        camera, video, images: the source (exactly one).
+        model: a model spec that classifies every tile, overriding the manifest's per-tile models.
+        out: the session folder (default ``captures/<timestamp>``; must be new or empty).
+        window: show the live window when a display exists.
+        every: from a live camera, save every N-th frame.
+        tags: ``(key, value)`` pairs recorded with the session.
+        crop: ``rectified`` (un-warp each tile) or ``box`` (its raw bounding box).
+        save_frames: also copy frames from a video or photo folder.
+        device: where the models run.
+        max_frames: stop after this many frames.
+    """
+
     sheet: Path
     camera: int | None = None
     video: Path | None = None
@@ -64,6 +95,9 @@ class CaptureConfig:
 
 @dataclass
 class CaptureResult:
+    """A finished session: its folder, frames read, frames per second and per-tile counts
+    (``frames`` observed with the page in view, ``found``, ``fooled``)."""
+
     out: Path
     frames: int
     fps: float
@@ -95,19 +129,76 @@ def _gui_available() -> bool:
         return False
 
 
-def run_capture(cfg: CaptureConfig, show_progress: bool = True) -> CaptureResult:
-    """Run a capture session (see module docs) until the source ends, ``q`` or Ctrl-C."""
-    manifest = read_manifest(cfg.sheet)
-    specs = sorted({t["model"] for t in manifest["tiles"]})
-    spec = cfg.model or specs[0]
-    if cfg.model is None and len(specs) > 1:
-        console.print(f"[yellow]warning:[/] the sheet names several models ({', '.join(specs)}); using {spec} (choose with --model)")
-    known = manifest.get("models", {}).get(spec, {})
-    model = load_model(spec, cfg.device, classes=known.get("class_names"), input_size=known.get("input_size"))
-    names = model.class_names
+def _load_models(manifest: dict, cfg: CaptureConfig) -> tuple[dict, dict[str, str]]:
+    """Each model the session needs, loaded once.
+
+    Args:
+        manifest: the sheet manifest (its ``models`` section gives class names and input sizes).
+        cfg: the capture config (``cfg.model`` overrides every tile's model).
+
+    Returns:
+        ``(models, tile_model)``: spec → loaded classifier, and tile id → the spec that classifies it.
+    """
+    tile_model = {t["tile_id"]: cfg.model or t["model"] for t in manifest["tiles"]}
+    known = manifest.get("models") or {}
+    models = {}
+    for spec in sorted(set(tile_model.values())):
+        entry = known.get(spec) or {}
+        models[spec] = load_model(spec, cfg.device, classes=entry.get("class_names"), input_size=entry.get("input_size"))
+    return models, tile_model
+
+
+def _true_classes(manifest: dict, models: dict, tile_model: dict[str, str]) -> dict[str, str]:
+    """Each tile's true class as its model names it; a :class:`UserError` naming the closest
+    class when a tile's class is not one of its model's."""
+    true = {}
     for t in manifest["tiles"]:
-        if t["true_class"] not in names:
-            raise UserError(f"tile {t['tile_id']}'s class {t['true_class']!r} is not a class of model {spec}")
+        spec = tile_model[t["tile_id"]]
+        names = models[spec].class_names
+        true[t["tile_id"]] = names[class_index(names, t["true_class"], what=f"tile {t['tile_id']}'s true", owner=f"model {spec}")]
+    return true
+
+
+@dataclass
+class _Session:
+    """What every frame of a running session needs."""
+
+    cfg: CaptureConfig
+    out: Path
+    tiles: dict[str, dict]
+    models: dict
+    tile_model: dict[str, str]
+    true_class: dict[str, str]
+    locator: Locator
+    detector: object
+    saved_crops: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def _session_record(cfg: CaptureConfig, source: Source, manifest: dict, models: dict, tile_model: dict) -> dict:
+    used = {spec: {"input_size": m.input_size, "tiles": [t for t, s in tile_model.items() if s == spec]}
+            for spec, m in models.items()}
+    return {
+        "schema": SCHEMA, "kind": "capture", "started": utc_now(), "source": source.describe(),
+        "sheet": str(cfg.sheet), "manifest": manifest, "models": used, "model_override": cfg.model,
+        "crop": cfg.crop, "tags": dict(cfg.tags), "versions": software_versions(),
+        "device": str(next(iter(models.values())).device) if models else cfg.device,
+    }
+
+
+def run_capture(cfg: CaptureConfig, show_progress: bool = True) -> CaptureResult:
+    """Run a capture session (see module docs) until the source ends, ``q`` or Ctrl-C.
+
+    Args:
+        cfg: the session's configuration.
+        show_progress: show a progress bar (never for a live camera).
+
+    Returns:
+        The session folder, frames read, frames per second and per-tile counts.
+    """
+    manifest = read_manifest(cfg.sheet)
+    models, tile_model = _load_models(manifest, cfg)
+    true_class = _true_classes(manifest, models, tile_model)
     source = _open_source(cfg)
     out = Path(cfg.out) if cfg.out else Path("captures") / time.strftime("%Y%m%d-%H%M%S")
     if out.exists() and any(out.iterdir()):
@@ -115,18 +206,14 @@ def run_capture(cfg: CaptureConfig, show_progress: bool = True) -> CaptureResult
         raise UserError(f"capture folder {out} already exists and is not empty; choose another --out")
     (out / "crops").mkdir(parents=True, exist_ok=True)
     tiles = {t["tile_id"]: t for t in manifest["tiles"]}
-    session = {
-        "schema": SCHEMA, "kind": "capture", "started": utc_now(), "source": source.describe(),
-        "sheet": str(cfg.sheet), "manifest": manifest, "model": {"spec": spec, "input_size": model.input_size},
-        "crop": cfg.crop, "tags": dict(cfg.tags), "versions": software_versions(), "device": str(model.device),
-    }
+    ctx = _Session(cfg, out, tiles, models, tile_model, true_class, Locator(manifest),
+                   make_detector(manifest["aruco_dictionary"]), {tid: 0 for tid in tiles},
+                   {tid: {"found": 0, "fooled": 0, "frames": 0} for tid in tiles})
+    session = _session_record(cfg, source, manifest, models, tile_model)
     atomic_write_json(out / "session.json", session)
     window = cfg.window and _gui_available()
     if cfg.window and not window:
         console.print("no display or OpenCV without GUI: capturing without the live window")
-    locator, detector = Locator(manifest), make_detector(manifest["aruco_dictionary"])
-    saved_crops = {tid: 0 for tid in tiles}
-    counts = {tid: {"found": 0, "fooled": 0, "frames": 0} for tid in tiles}
     frames_done, t_first, ended = 0, None, "source ended"
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt) if _in_main_thread() else None
     log = open(out / "detections.jsonl", "a", encoding="utf-8")
@@ -137,8 +224,7 @@ def run_capture(cfg: CaptureConfig, show_progress: bool = True) -> CaptureResult
                 now = time.time()
                 if t_first is None:
                     t_first = time.perf_counter()
-                lines, overlay = _process_frame(frame, ref, frames_done, now, cfg, out, model, locator, detector,
-                                                tiles, saved_crops, counts)
+                lines, overlay = _process_frame(frame, ref, frames_done, now, ctx)
                 log.write("".join(json.dumps(line) + "\n" for line in lines))
                 log.flush()
                 frames_done += 1
@@ -146,7 +232,7 @@ def run_capture(cfg: CaptureConfig, show_progress: bool = True) -> CaptureResult
                 progress.update(task, advance=1, info=f"{fps:.1f} fps")
                 save_now = source.live and frames_done % cfg.every == 0
                 if window:
-                    key = _show(frame, overlay, counts, fps)
+                    key = _show(frame, overlay, ctx.counts, fps)
                     if key == ord("q"):
                         ended = "quit"
                         break
@@ -167,9 +253,9 @@ def run_capture(cfg: CaptureConfig, show_progress: bool = True) -> CaptureResult
             signal.signal(signal.SIGTERM, previous_sigterm)
         elapsed = time.perf_counter() - t_first if t_first else 0.0
         session.update(ended=ended, finished=utc_now(), frames=frames_done,
-                       fps=round(frames_done / elapsed, 2) if elapsed else None, counts=counts)
+                       fps=round(frames_done / elapsed, 2) if elapsed else None, counts=ctx.counts)
         atomic_write_json(out / "session.json", session)
-    return CaptureResult(out, frames_done, session["fps"] or 0.0, counts)
+    return CaptureResult(out, frames_done, session["fps"] or 0.0, ctx.counts)
 
 
 def _in_main_thread() -> bool:
@@ -182,46 +268,63 @@ def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
     raise KeyboardInterrupt
 
 
-def _process_frame(frame, ref, index, now, cfg, out, model, locator, detector, tiles, saved_crops, counts):
-    grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-    corners, ids, _ = detector.detectMarkers(grey)
-    detections = [] if ids is None else [Detection(int(i), c.reshape(4, 2)) for c, i in zip(corners, ids.ravel())]
-    views = locator.locate(detections, (frame.shape[1], frame.shape[0]))
-    found = [v for v in views if v.found]
-    crops = []
+def _process_frame(frame: np.ndarray, ref: dict, index: int, now: float, ctx: _Session) -> tuple[list[dict], list]:
+    """Detect, locate, rectify and classify one frame.
+
+    Returns:
+        ``(lines, overlay)``: one log line per tile whose page is in view, and
+        ``(view, pred, confidence, fooled)`` for each found tile (for the live window).
+    """
+    detections = detect(frame, ctx.detector)
+    views = ctx.locator.locate(detections, (frame.shape[1], frame.shape[0]))
+    results = _classify(frame, [v for v in views if v.found], ctx)
+    lines, overlay = [], []
+    for v in views:
+        line = {"frame": index, "time": round(now, 3), "tile_id": v.tile_id, "found": v.found,
+                "markers_used": v.markers_used, "source": ref}
+        if v.ambiguous:
+            line["ambiguous_markers"] = v.ambiguous
+        ctx.counts[v.tile_id]["frames"] += 1
+        if not v.found:
+            line["reason"] = v.reason
+        else:
+            crop, vals, names = results[v.tile_id]
+            pred = names[0]
+            fooled = is_fooled(pred, ctx.true_class[v.tile_id])
+            ctx.counts[v.tile_id]["found"] += 1
+            ctx.counts[v.tile_id]["fooled"] += int(fooled)
+            line.update(reprojection_px=round(v.reprojection_px, 3), corners_px=np.round(v.corners_px, 2).tolist(),
+                        model=ctx.tile_model[v.tile_id], pred=pred, confidence=round(vals[0], 5),
+                        top5=[{"class": n, "prob": round(p, 5)} for p, n in zip(vals, names)],
+                        crop=_maybe_save_crop(ctx.out, v.tile_id, index, crop, ctx.saved_crops))
+            overlay.append((v, pred, vals[0], fooled))
+        lines.append(line)
+    return lines, overlay
+
+
+def _classify(frame: np.ndarray, found: list[TileView], ctx: _Session) -> dict[str, tuple[np.ndarray, list, list]]:
+    """Crop each found tile at its model's input size and classify it, one batch per model.
+
+    Returns:
+        tile id → ``(crop BGR uint8, top-5 probabilities, top-5 class names)``.
+    """
+    by_spec: dict[str, list[TileView]] = {}
     for v in found:
-        crop = rectify(frame, v, tiles[v.tile_id]["bbox_mm"], model.input_size) if cfg.crop == "rectified" else box_crop(frame, v, model.input_size)
-        crops.append(crop)
-    preds = []
-    if crops:
+        by_spec.setdefault(ctx.tile_model[v.tile_id], []).append(v)
+    results = {}
+    for spec, views in by_spec.items():
+        model = ctx.models[spec]
+        if ctx.cfg.crop == "rectified":
+            crops = [rectify(frame, v, ctx.tiles[v.tile_id]["bbox_mm"], model.input_size) for v in views]
+        else:
+            crops = [box_crop(frame, v, model.input_size) for v in views]
         batch = to_batch(np.stack(crops)[..., ::-1]).to(model.device)
         with torch.no_grad():
             probs = torch.softmax(model(batch), 1).cpu()
         top = probs.topk(min(5, probs.shape[1]), 1)
-        preds = [(vals.tolist(), idx.tolist()) for vals, idx in zip(top.values, top.indices)]
-    lines, overlay = [], []
-    by_id = {v.tile_id: (v, crops[i], preds[i]) for i, v in enumerate(found)}
-    for v in views:
-        tile = tiles[v.tile_id]
-        line = {"frame": index, "time": round(now, 3), "tile_id": v.tile_id, "found": v.found,
-                "markers_used": v.markers_used, "source": ref}
-        counts[v.tile_id]["frames"] += 1
-        if not v.found:
-            line["reason"] = v.reason
-        else:
-            _, crop, (vals, idx) = by_id[v.tile_id]
-            names = model.class_names
-            pred = names[idx[0]]
-            fooled = pred != tile["true_class"]
-            counts[v.tile_id]["found"] += 1
-            counts[v.tile_id]["fooled"] += int(fooled)
-            line.update(reprojection_px=round(v.reprojection_px, 3), corners_px=np.round(v.corners_px, 2).tolist(),
-                        pred=pred, confidence=round(vals[0], 5),
-                        top5=[{"class": names[i], "prob": round(p, 5)} for p, i in zip(vals, idx)],
-                        crop=_maybe_save_crop(out, v.tile_id, index, crop, saved_crops))
-            overlay.append((v, pred, vals[0], fooled))
-        lines.append(line)
-    return lines, overlay
+        for v, crop, vals, idx in zip(views, crops, top.values.tolist(), top.indices.tolist()):
+            results[v.tile_id] = (crop, vals, [model.class_names[i] for i in idx])
+    return results
 
 
 def _maybe_save_crop(out: Path, tile_id: str, index: int, crop: np.ndarray, saved: dict) -> str | None:

@@ -1,21 +1,33 @@
 """From detected markers to rectified tiles: one homography per tile from whichever of its
-markers are visible, then a crop at the model's input size."""
+markers are visible, then a crop at the model's input size.
+
+Which tiles get an observation in a frame (the denominator of every detection rate): a tile
+is *observed* in a frame only when its page is in view, i.e. at least one marker of that
+page was detected (an ambiguous, twice-seen marker counts: the page is there). An observed
+tile is *found* when its homography comes from at least one unambiguous marker and the
+whole tile lies inside the frame; otherwise it is observed but not found, with a reason.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
-from physical_adv.markers import Detection
+from physical_adv.markers import Detections
+from physical_adv.resample import area_downsample, pyramid_level
 
 # marker corner offsets (TL, TR, BR, BL) from its centre, in units of its side
 _CORNERS = np.float64([[-0.5, -0.5], [0.5, -0.5], [0.5, 0.5], [-0.5, 0.5]])
+MAX_RECTIFY_LEVEL = 2  # rectify at up to 4× the crop size, then area-downsample
+MAGSAC_THRESHOLD_PX = 3.0
 
 
 @dataclass
 class TileView:
+    """How one tile was seen in one frame."""
+
     tile_id: str
     found: bool
     markers_used: list[int]
@@ -23,6 +35,7 @@ class TileView:
     corners_px: np.ndarray | None = None  # tile corners TL TR BR BL in the frame (index coordinates)
     homography: np.ndarray | None = None  # page mm → frame px
     reason: str | None = None  # why a tile was not found
+    ambiguous: list[int] = field(default_factory=list)  # its marker ids seen more than once in the frame
 
 
 class Locator:
@@ -33,61 +46,94 @@ class Locator:
         self.tiles = [t for t in manifest["tiles"] if page is None or t["page"] == page]
 
     def marker_corners_mm(self, marker_id: int) -> np.ndarray:
+        """The marker's corners TL TR BR BL on its page, in mm: ``(4, 2)`` float64."""
         m = self.markers[marker_id]
         return np.asarray(m["center_mm"], np.float64) + _CORNERS * m["size_mm"]
 
-    def locate(self, detections: list[Detection], frame_size: tuple[int, int] | None = None) -> list[TileView]:
-        """Locate every tile; with ``frame_size`` (w, h), a tile not wholly inside the frame
-        counts as not found (its markers may be visible, but part of the tile is not)."""
+    def pages_in_view(self, detections: Detections) -> set[int]:
+        """The pages with at least one marker detected (ambiguous ones included)."""
+        return {self.markers[i]["page"] for i in detections.ids() if i in self.markers}
+
+    def locate(self, detections: Detections, frame_size: tuple[int, int] | None = None) -> list[TileView]:
+        """A view of every tile whose page is in view (see the module docs).
+
+        Args:
+            detections: the frame's markers (from :func:`physical_adv.markers.detect`).
+            frame_size: ``(w, h)``; with it, a tile not wholly inside the frame is not found.
+
+        Returns:
+            One :class:`TileView` per tile on a page in view, in manifest order.
+        """
         seen = {d.marker_id: d for d in detections if d.marker_id in self.markers}
-        # a multi-page sheet: only the pages whose markers are in view can have tiles in view
-        pages = {self.markers[i]["page"] for i in seen}
-        views = []
-        for tile in self.tiles:
-            if pages and tile["page"] not in pages:
-                continue
-            used = [i for i in tile["marker_ids"] if i in seen]
-            if not used:
-                views.append(TileView(tile["tile_id"], False, [], reason="no marker visible"))
-                continue
-            src = np.concatenate([self.marker_corners_mm(i) for i in used])
-            dst = np.concatenate([seen[i].corners.astype(np.float64) for i in used])
-            if len(used) == 1:
-                hom, _ = cv2.findHomography(src, dst, 0)
-            else:  # more points than needed: robust to one badly localised marker
-                hom, _ = cv2.findHomography(src, dst, cv2.USAC_MAGSAC, 3.0)
-                if hom is None:
-                    hom, _ = cv2.findHomography(src, dst, 0)
-            if hom is None:
-                views.append(TileView(tile["tile_id"], False, used, reason="no homography"))
-                continue
-            proj = cv2.perspectiveTransform(src.reshape(-1, 1, 2), hom).reshape(-1, 2)
-            err = float(np.sqrt(((proj - dst) ** 2).sum(1).mean()))
-            x, y, w, h = tile["bbox_mm"]
-            corners = cv2.perspectiveTransform(np.float64([[[x, y], [x + w, y], [x + w, y + h], [x, y + h]]]), hom)[0]
-            inside = frame_size is None or bool(
-                (corners[:, 0] >= -1).all() and (corners[:, 1] >= -1).all()
-                and (corners[:, 0] <= frame_size[0]).all() and (corners[:, 1] <= frame_size[1]).all())
-            views.append(TileView(tile["tile_id"], inside, used, err, corners, hom,
-                                  None if inside else "tile partly outside the frame"))
-        return views
+        ambiguous = set(detections.ambiguous)
+        pages = self.pages_in_view(detections)
+        return [self._locate_tile(tile, seen, ambiguous, frame_size) for tile in self.tiles if tile["page"] in pages]
+
+    def _locate_tile(self, tile: dict, seen: dict, ambiguous: set[int], frame_size) -> TileView:
+        used = [i for i in tile["marker_ids"] if i in seen]
+        amb = [i for i in tile["marker_ids"] if i in ambiguous]
+        if not used:
+            reason = "its markers were seen more than once (ambiguous)" if amb else "no marker visible"
+            return TileView(tile["tile_id"], False, [], reason=reason, ambiguous=amb)
+        src = np.concatenate([self.marker_corners_mm(i) for i in used])
+        dst = np.concatenate([seen[i].corners.astype(np.float64) for i in used])
+        hom = _homography(src, dst)
+        if hom is None:
+            return TileView(tile["tile_id"], False, used, reason="no homography", ambiguous=amb)
+        proj = cv2.perspectiveTransform(src.reshape(-1, 1, 2), hom).reshape(-1, 2)
+        err = float(np.sqrt(((proj - dst) ** 2).sum(1).mean()))
+        x, y, w, h = tile["bbox_mm"]
+        corners = cv2.perspectiveTransform(np.float64([[[x, y], [x + w, y], [x + w, y + h], [x, y + h]]]), hom)[0]
+        inside = frame_size is None or _inside(corners, frame_size)
+        return TileView(tile["tile_id"], inside, used, err, corners, hom,
+                        None if inside else "tile partly outside the frame", amb)
+
+
+def _homography(src: np.ndarray, dst: np.ndarray) -> np.ndarray | None:
+    """Page mm → frame px from marker corners: exact from one marker's four, MAGSAC from more
+    (robust to a badly localised marker), least squares when MAGSAC gives up."""
+    if len(src) == 4:
+        hom, _ = cv2.findHomography(src, dst, 0)
+        return hom
+    hom, _ = cv2.findHomography(src, dst, cv2.USAC_MAGSAC, MAGSAC_THRESHOLD_PX)
+    if hom is None:
+        hom, _ = cv2.findHomography(src, dst, 0)
+    return hom
+
+
+def _inside(corners: np.ndarray, frame_size: tuple[int, int]) -> bool:
+    """Whether all corners (index coordinates) lie in the frame, within a pixel's tolerance."""
+    w, h = frame_size
+    return bool((corners[:, 0] >= -1).all() and (corners[:, 1] >= -1).all()
+                and (corners[:, 0] <= w).all() and (corners[:, 1] <= h).all())
 
 
 def rectify(frame: np.ndarray, view: TileView, bbox_mm, size: int) -> np.ndarray:
     """The tile un-warped to ``size``×``size``: page-mm bbox → crop pixels via the homography.
 
-    The crop's pixel centres map to the tile's interior; when the tile covers many more frame
-    pixels than the crop has, it is first rectified at a larger size and area-downsampled
-    (``warpPerspective`` only interpolates, it does not integrate).
+    The crop's pixel centres map to the tile's interior. ``warpPerspective`` only
+    interpolates, it does not integrate, so when the tile covers many more frame pixels than
+    the crop has, it is rectified at ``2**level`` times the size and area-downsampled, the
+    level chosen by :func:`physical_adv.resample.pyramid_level` (at most 4×).
+
+    Args:
+        frame: ``(H, W, 3)`` uint8 BGR.
+        view: a found tile's view (``homography`` and ``corners_px`` set).
+        bbox_mm: the tile's ``(x, y, w, h)`` on its page.
+        size: the crop's side (the model's input size).
+
+    Returns:
+        ``(size, size, 3)`` uint8 BGR.
     """
     x, y, w, h = bbox_mm
-    footprint = float(np.sqrt(cv2.contourArea(view.corners_px.astype(np.float32))))
-    work = int(min(4 * size, max(size, 2 ** np.ceil(np.log2(max(footprint, 1) / size)) * size)))
+    footprint = float(np.sqrt(abs(cv2.contourArea(view.corners_px.astype(np.float32)))))
+    level = pyramid_level(footprint / size, MAX_RECTIFY_LEVEL)
+    work = size << level
     crop_to_mm = np.array([[w / work, 0, x + 0.5 * w / work], [0, h / work, y + 0.5 * h / work], [0, 0, 1.0]])
     crop_to_frame = view.homography @ crop_to_mm
     out = cv2.warpPerspective(frame, crop_to_frame, (work, work), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                               borderMode=cv2.BORDER_REPLICATE)
-    return cv2.resize(out, (size, size), interpolation=cv2.INTER_AREA) if work != size else out
+    return area_downsample(out, level)
 
 
 def box_crop(frame: np.ndarray, view: TileView, size: int) -> np.ndarray:
