@@ -20,19 +20,18 @@ folder that is not a previous simulate output is refused, untouched.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import math
 import os
+import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from physical_adv.artifacts import atomic_write_bytes, atomic_write_json, software_versions, utc_now
+from physical_adv.artifacts import atomic_write_bytes, atomic_write_json, replace_folder, software_versions, utc_now
 from physical_adv.errors import UserError
 from physical_adv.manifest import read_manifest
 from physical_adv.resample import area_downsample, max_pyramid_level, pyramid_level
@@ -329,32 +328,6 @@ def _check_out(out: Path) -> None:
                         "(nothing was changed)")
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths with Linux's ``renameat2(RENAME_EXCHANGE)``; False where unsupported."""
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError, TypeError):  # not Linux/glibc
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
-
-
-def _swap_in(new: Path, out: Path) -> None:
-    """Put folder ``new`` at ``out``, removing what was there, with no moment at which a crash
-    loses the old output: one atomic exchange where the OS has it, else two renames (the old
-    output kept under a hidden sibling name in between)."""
-    if not out.exists():
-        os.replace(new, out)
-        return
-    if _exchange(new, out):
-        shutil.rmtree(new)  # now the old output
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    os.replace(out, old / out.name)
-    os.replace(new, out)
-    shutil.rmtree(old)
-
-
 def _render_pages(pdf: Path, manifest: dict) -> list[np.ndarray]:
     try:
         pages = render_pages(pdf, RENDER_DPI)
@@ -388,10 +361,11 @@ def simulate(cfg: SimulateConfig, show_progress: bool = True) -> dict:
     _check_out(out)
     pages = _render_pages(pdf, manifest)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.simulate-", dir=out.parent))
+    tmp = out.parent / f".{out.name}.simulate-{secrets.token_hex(4)}"
+    tmp.mkdir()  # the usual permissions (mkdtemp's would be owner-only)
     try:
         record = _write_photos(cfg, manifest, pages, pdf, tmp, show_progress)
-        _swap_in(tmp, out)
+        replace_folder(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -231,3 +231,9 @@ def test_a_crop_off_by_a_sixteenth_of_the_tile_is_measurably_worse(rectified):
     good = np.median([_colour_fitted_error(crop, truth) for crop, truth, _ in rectified])
     shifted = np.median([_colour_fitted_error(crop, off) for crop, _, off in rectified])
     assert shifted >= 2.5 * good
+
+
+def test_simulate_output_gets_the_usual_folder_permissions(sheet, tmp_path):
+    simulate(SimulateConfig(pdf=sheet.pdf, out=tmp_path / "sim", n=1, seed=0), show_progress=False)
+    mode = (tmp_path / "sim").stat().st_mode & 0o777
+    assert mode & 0o055 == 0o055, oct(mode)  # readable and listable by others, like any folder a user makes
