@@ -23,7 +23,7 @@ line_dicts = st.fixed_dictionaries({}, optional={
     "frame": json_values, "time": json_values, "tile_id": st.sampled_from(["01", "02", "03"]) | json_values,
     "found": st.booleans() | json_values, "pred": st.sampled_from(["stop", "yield"]) | json_values,
     "confidence": json_values, "top5": json_values, "corners_px": json_values, "markers_used": json_values,
-    "reason": json_values})
+    "reason": json_values, "source": json_values | st.fixed_dictionaries({"frame_index": json_values})})
 raw_lines = st.one_of(line_dicts.map(json.dumps), st.text(max_size=40), json_values.map(json.dumps))
 
 
@@ -42,9 +42,11 @@ def _check(capsys, tmp_path, session_text: str, lines: list[str]) -> None:
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(lines=st.lists(raw_lines, max_size=12))
-def test_any_log_lines_give_a_report_or_one_line_error(capsys, tmp_path, lines):
-    session = json.dumps({"manifest": {"sheet_id": "fuzz", "tiles": TILES, "markers": []}, "tags": {}, "source": {"kind": "images"}})
+@given(lines=st.lists(raw_lines, max_size=12),
+       source=st.sampled_from([{"kind": "images"}, {"kind": "video", "fps": 30.0}, {"kind": "video", "fps": 0},
+                               {"kind": "camera"}, "camera", None]))
+def test_any_log_lines_give_a_report_or_one_line_error(capsys, tmp_path, lines, source):
+    session = json.dumps({"manifest": {"sheet_id": "fuzz", "tiles": TILES, "markers": []}, "tags": {}, "source": source})
     _check(capsys, tmp_path, session, lines)
 
 

@@ -58,13 +58,25 @@ def capture_times(lines: list[dict], source: dict | None) -> list[float | None]:
         lines: one session's log lines.
         source: the session's ``source`` record (``kind``, and ``fps`` for a video).
     """
-    kind = (source or {}).get("kind")
+    source = source if isinstance(source, dict) else {}
+    kind = source.get("kind")
     if kind == "images":
         return [None] * len(lines)
-    fps = (source or {}).get("fps")
-    if kind == "video" and fps:
-        return [(l.get("source") or {}).get("frame_index", l.get("frame")) / fps for l in lines]
-    return [l.get("time") for l in lines]
+    fps = source.get("fps")
+    if kind == "video" and _number(fps) and fps > 0:
+        return [_frame_index(l) / fps for l in lines]
+    return [l.get("time") if _number(l.get("time")) else None for l in lines]
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _frame_index(line: dict) -> float:
+    """The frame's index in its video (the log's ``source.frame_index``, else its ``frame``)."""
+    ref = line.get("source")
+    index = ref.get("frame_index") if isinstance(ref, dict) else None
+    return index if _number(index) else line["frame"]
 
 
 def continues(last_found: dict | None, line: dict, rule: SegmentRule = SegmentRule(), dt: float | None = None) -> bool:
