@@ -25,12 +25,9 @@ def load_image(source: str | Path) -> np.ndarray:
     """
     text = str(source)
     if text.startswith("sign:"):
-        from physical_adv.signs.designs import class_index, render_clean, CLASS_NAMES
+        from physical_adv.signs.designs import CLASS_NAMES, class_index, render_clean
 
-        try:
-            return render_clean(CLASS_NAMES[class_index(text[5:])])
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
+        return render_clean(CLASS_NAMES[class_index(text[5:])])  # an unknown sign is a UserError naming the closest
     path = Path(text)
     if not path.exists():
         raise UserError(f"image not found: {path}")

@@ -1,19 +1,20 @@
 """White-box attacks against an independent implementation, and the attack run's contract."""
 
 import json
+import warnings
 
 import cv2
 import numpy as np
 import pytest
 import torch
+import torchattacks  # a test dependency (pyproject's dev extra): the independent reference
 
 from physical_adv.attack.runner import AttackConfig, build_mask, run_attack
 from physical_adv.attack.whitebox import fgsm, pgd
-from helpers import run_cli
+from helpers import assert_one_line_error, run_cli
 from physical_adv.images import load_image, to_batch
 from physical_adv.signs import CLASS_NAMES
 
-torchattacks = pytest.importorskip("torchattacks")
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,10 @@ def test_run_directory_holds_every_artifact(tmp_path):
     record = json.loads((result.out / "attack.json").read_text())
     assert record["schema"] == 1 and record["true_class"] == "stop" and record["target_class"] == "speed limit 80"
     m = record["metrics"]
-    assert 0 <= m["eot_success"] <= 1 and m["eot_samples"] == 20 and len(m["eot_success_ci95"]) == 2
+    lo, hi = m["eot_success_ci95"]
+    assert m["eot_samples"] == 20 and m["eot_success"] * 20 == round(m["eot_success"] * 20)
+    assert lo <= m["eot_success"] <= hi and lo < hi  # a Wilson interval around the rate, never a point
+    assert record["eval_distribution"]["name"] == "print-camera" and record["views_per_step"] == 4
     assert m["linf_255"] <= 16.0 + 1e-3
     assert "torch" in record["versions"] and record["seeds"]["seed"] == 0
     adv = cv2.imread(str(result.out / "adversarial.png"))
@@ -130,27 +134,175 @@ def test_bad_attack_options_fail_cleanly_without_a_run_dir(capsys, tmp_path, arg
     assert not any(p.name.startswith(".run") for p in tmp_path.iterdir())
 
 
-def test_attack_cli_writes_a_run(capsys, tmp_path):
+def _quick_cli(capsys, out, *args):
+    return run_cli(capsys, "attack", "--steps", "1", "--samples", "2", "--eval-samples", "10", "--texture-size", "64",
+                   "--out", str(out), "--device", "cpu", *args)
+
+
+def test_attack_cli_writes_a_run_and_reports_its_held_out_rate(capsys, tmp_path):
     out = tmp_path / "cli-run"
-    code, _, err = run_cli(capsys, "attack", "--source", "sign:yield", "--steps", "2", "--samples", "4", "--eval-samples", "10",
-                        "--texture-size", "128", "--out", str(out), "--device", "cpu")
+    code, stdout, err = _quick_cli(capsys, out, "--source", "sign:yield")
     assert code == 0, err
-    assert (out / "attack.json").is_file()
+    record = json.loads((out / "attack.json").read_text())
+    assert f"{record['metrics']['eot_success']:.1%} of 10 held-out print-camera draws" in stdout
 
 
-def test_default_sticker_attack_survives_print_camera(tmp_path):
-    """Issue contract: a sticker of at most 25 % of the tile toward speed limit 80, default settings, ≥ 90 %."""
+def test_target_class_is_looked_up_like_sign_names(capsys, tmp_path):
+    code, _, err = _quick_cli(capsys, tmp_path / "r", "--source", "sign:stop", "--target", "speed-limit-80")
+    assert code == 0, err
+    record = json.loads((tmp_path / "r" / "attack.json").read_text())
+    assert record["target_class"] == "speed limit 80" and record["true_class"] == "stop"
+
+
+def test_sign_source_true_class_is_the_signs_class(capsys, tmp_path):
+    code, _, err = _quick_cli(capsys, tmp_path / "r", "--source", "sign:Speed_Limit-80")
+    assert code == 0, err
+    record = json.loads((tmp_path / "r" / "attack.json").read_text())
+    assert record["true_class"] == "speed limit 80" and record["true_class_from"] == "the class of sign:speed limit 80"
+
+
+@pytest.fixture()
+def two_class_model(tmp_path):
+    """A TorchScript model whose classes are not the built-in signs' names."""
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            m = x.mean((1, 2, 3))
+            return torch.stack([m, 1 - m, 0 * m], 1)
+
+    path = tmp_path / "net.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(Net()).save(str(path))
+    classes = tmp_path / "classes.txt"
+    classes.write_text("stop sign\nstreet sign\ntraffic light\n")
+    return str(path), str(classes)
+
+
+def test_sign_the_model_has_no_class_for_is_an_error_naming_the_closest(capsys, tmp_path, two_class_model):
+    model, classes = two_class_model
+    out = tmp_path / "r"
+    with warnings.catch_warnings():  # torch's deprecation notice for TorchScript is not ours to print
+        warnings.simplefilter("ignore", FutureWarning)
+        code, _, err = _quick_cli(capsys, out, "--source", "sign:stop", "--model", model, "--classes", classes)
+    assert_one_line_error(code, err, "unknown source class 'stop'")
+    assert "'stop sign'" in err and "--true-class" in err and not out.exists()
+
+
+def test_true_class_option_names_the_models_class(capsys, tmp_path, two_class_model):
+    model, classes = two_class_model
+    code, _, err = _quick_cli(capsys, tmp_path / "r", "--source", "sign:stop", "--model", model, "--classes", classes,
+                              "--true-class", "Stop_Sign")
+    assert code == 0, err
+    record = json.loads((tmp_path / "r" / "attack.json").read_text())
+    assert record["true_class"] == "stop sign" and record["true_class_from"] == "--true-class"
+
+
+def test_image_source_true_class_is_the_clean_prediction_unless_given(capsys, tmp_path):
+    image = tmp_path / "stop.png"
+    cv2.imwrite(str(image), load_image("sign:stop")[..., ::-1])
+    code, _, err = _quick_cli(capsys, tmp_path / "a", "--source", image)
+    assert code == 0, err
+    a = json.loads((tmp_path / "a" / "attack.json").read_text())
+    assert a["true_class"] == a["clean_prediction"] == "stop" and "prediction" in a["true_class_from"]
+    code, _, err = _quick_cli(capsys, tmp_path / "b", "--source", image, "--true-class", "yield")
+    assert code == 0, err
+    assert json.loads((tmp_path / "b" / "attack.json").read_text())["true_class"] == "yield"
+
+
+def test_unknown_true_class_is_an_error_naming_the_closest(capsys, tmp_path):
+    code, _, err = _quick_cli(capsys, tmp_path / "r", "--source", "sign:stop", "--true-class", "speed-limit-90")
+    assert_one_line_error(code, err, "unknown true class 'speed-limit-90'")
+    assert "did you mean" in err and "'speed limit 80'" in err
+
+
+def test_eot_none_is_checked_on_print_camera_by_default_and_says_why(tmp_path):
+    record = run_attack(_cfg(tmp_path, eot="none"), show_progress=False).record
+    m = record["metrics"]
+    assert record["eot_distribution"]["name"] == "none" and record["eval_distribution"]["name"] == "print-camera"
+    assert "deterministic" in record["eval_distribution_reason"] and "--eval-eot" in record["eval_distribution_reason"]
+    assert m["eot_samples"] == 20 and m["eot_success_ci95"] is not None
+
+
+def test_a_deterministic_check_is_one_draw_with_no_interval(tmp_path):
+    record = run_attack(_cfg(tmp_path, eot="none", eval_eot="none"), show_progress=False).record
+    m = record["metrics"]
+    assert record["eval_distribution"]["name"] == "none" and record["eval_distribution_reason"] == "given by --eval-eot"
+    assert m["eot_samples"] == 1 and m["eot_success_ci95"] is None and "deterministic" in m["eot_success_note"]
+    assert m["eot_success"] in (0.0, 1.0)
+
+
+def test_optimising_without_transformations_renders_one_view_per_step(tmp_path, monkeypatch):
+    from physical_adv.attack import eot
+
+    batches = []
+    render = eot.render
+
+    def counting_render(texture, params):
+        if torch.is_grad_enabled() and texture.requires_grad:  # the optimisation's renders, not the checks
+            batches.append(len(params))
+        return render(texture, params)
+
+    monkeypatch.setattr(eot, "render", counting_render)
+    record = run_attack(_cfg(tmp_path, eot="none", samples=32, early_stop=False), show_progress=False).record
+    assert batches == [1, 1, 1] and record["views_per_step"] == 1
+
+
+def test_eot_none_cli_says_where_it_was_checked(capsys, tmp_path):
+    code, stdout, err = _quick_cli(capsys, tmp_path / "r", "--source", "sign:stop", "--eot", "none")
+    assert code == 0, err
+    assert "held-out print-camera draws" in stdout and "note: --eot none is deterministic" in stdout
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_default_sticker_attack_survives_print_camera(tmp_path, seed):
+    """Issue contract: a sticker of at most 25 % of the tile toward speed limit 80, default settings, ≥ 90 %,
+    for each of three optimisation seeds (and so three sets of held-out draws)."""
     cfg = AttackConfig(source="sign:stop", out=tmp_path / "sticker", target="speed limit 80", patch="square",
-                       patch_area=0.25, device="cpu")
+                       patch_area=0.25, device="cpu", seed=seed, eval_samples=200)
     record = run_attack(cfg, show_progress=False).record
     assert record["patch_fraction"] <= 0.25
     assert record["metrics"]["eot_success"] >= 0.9, record["metrics"]
 
 
 @pytest.mark.slow
-def test_default_untargeted_linf_attack_figure(tmp_path):
-    """The README's figure (a): untargeted L∞ at 16/255 with default settings (reported, not a threshold:
-    the signs model resists it; see README). Checks the run completes and beats the clean image."""
-    record = run_attack(AttackConfig(source="sign:stop", out=tmp_path / "linf", device="cpu"), show_progress=False).record
-    assert record["metrics"]["eot_success"] >= record["metrics"]["clean_eot_success"]
-    assert record["metrics"]["linf_255"] <= 16.0 + 1e-3
+def test_eot_beats_its_no_eot_twin_on_print_camera_at_32(tmp_path):
+    """The README's point (figure a at 32/255, and the demo's pair): the same untargeted L∞ attack
+    optimised with EOT survives print-camera draws far more often than optimised without
+    (measured 94 % vs 0 % at seed 0)."""
+    def run(eot_name):
+        cfg = AttackConfig(source="sign:stop", out=tmp_path / eot_name, eps=32.0, eot=eot_name, eval_eot="print-camera",
+                           eval_samples=300, device="cpu")
+        return run_attack(cfg, show_progress=False).record
+
+    with_eot, without = run("print-camera"), run("none")
+    assert without["eval_distribution"]["name"] == with_eot["eval_distribution"]["name"] == "print-camera"
+    assert with_eot["metrics"]["linf_255"] <= 32.0 + 1e-3
+    assert with_eot["metrics"]["eot_success"] >= without["metrics"]["eot_success"] + 0.5, (with_eot["metrics"], without["metrics"])
+
+
+def _attack_figures_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "attack_figures.py"
+    spec = importlib.util.spec_from_file_location("attack_figures", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_attack_figures_summarise_each_attack_over_seeds_with_a_t_interval():
+    """Hand-computed: rates 90, 92, 94, 96, 98 % → mean 94 %, sd 3.162 %, t(0.975, 4) = 2.7764,
+    half-width 2.7764 · 3.162 / √5 = 3.93 points."""
+    figures = _attack_figures_module()
+    summary = figures.seed_summary([0.90, 0.92, 0.94, 0.96, 0.98])
+    t95 = summary.pop("t95")
+    assert summary == pytest.approx({"seeds": 5, "mean": 0.94, "min": 0.90, "max": 0.98, "sd": 0.0316228}, abs=1e-6)
+    assert t95 == pytest.approx([0.9007, 0.9793], abs=1e-4)
+    assert figures.seed_summary([1.0, 1.0, 1.0])["t95"] == [1.0, 1.0]
+    assert figures.seed_summary([0.0, 0.1, 0.0])["t95"][0] == 0.0  # clipped to [0, 1]
+    rows = [{"attack": "a: untargeted linf 16", "eot": "none", "seed": s, "success": r, "eval_samples": 10, "steps_run": 3,
+             "wall_seconds": 1.0} for s, r in enumerate([0.1, 0.3])]
+    (summary,) = figures.summarise(rows)
+    assert summary["seeds"] == 2 and summary["mean"] == pytest.approx(0.2) and summary["eot"] == "none"

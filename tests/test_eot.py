@@ -1,6 +1,7 @@
 """The print-and-photograph distribution: replayable draws, exact identity, gradients through every transform."""
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -162,3 +163,66 @@ def test_noise_from_the_bank_has_the_drawn_strength_and_replays():
     fresh = eot.sample(dist, 16, 128, 32, torch.Generator().manual_seed(2), fresh_noise=True)
     assert abs(float(fresh.noise.std()) - 0.05) < 0.003 and not torch.equal(fresh.noise, a.noise)
     assert eot.sample(IDENTITY, 2, 128, 32, torch.Generator()).noise is None
+
+
+@pytest.mark.parametrize("name", eot.preset_names())
+def test_only_the_identity_preset_is_deterministic_and_its_draws_are_identical(texture, name):
+    dist = eot.load_distribution(name)
+    a, b = eot.render(texture, _draw(dist, n=4, seed=1)), eot.render(texture, _draw(dist, n=4, seed=2))
+    assert dist.deterministic == (name == "none")
+    assert torch.equal(a, b) == dist.deterministic
+    if dist.deterministic:
+        assert all(torch.equal(a[0], a[i]) for i in range(1, 4))
+
+
+def test_a_jpeg_or_blur_that_always_applies_the_same_way_is_deterministic():
+    assert eot.EOTDistribution(jpeg_quality=(50, 50), jpeg_p=1.0, defocus=(1.0, 1.0)).deterministic
+    assert not eot.EOTDistribution(jpeg_quality=(50, 50), jpeg_p=0.5).deterministic
+    assert not eot.EOTDistribution(motion_blur=(2.0, 2.0), motion_blur_p=1.0).deterministic  # the angle is drawn
+
+
+def test_light_ramp_brightens_one_side_of_the_frame_by_the_drawn_amount():
+    dist = eot.EOTDistribution(light_gradient=0.5)
+    params = _draw(dist, n=3, seed=4, out=32)
+    grey = torch.full((1, 3, 128, 128), 0.5)
+    out = eot.render(grey, params)
+    coords = (torch.arange(32) + 0.5) / 32 - 0.5
+    expected = 0.5 * (1 + params.light_ramp[:, 0].view(3, 1, 1) * coords.view(1, 1, 32)
+                      + params.light_ramp[:, 1].view(3, 1, 1) * coords.view(1, 32, 1))
+    assert params.light_ramp.abs().max() > 0.05 and params.light_ramp.norm(dim=1).max() <= 0.5 + 1e-6
+    assert torch.allclose(out, expected.unsqueeze(1).expand(-1, 3, -1, -1), atol=1e-5)
+
+
+def test_posed_square_foreshortens_and_tapers_along_the_tilt_axis():
+    """A hand-computed pose: 60° tilt about the x axis, no rotation. Along x the square shrinks
+    by cos 60° = 0.5; the side at −x comes nearer (1 + ¼ sin 60° larger), the side at +x recedes."""
+    from physical_adv.pose import TAPER, posed_square
+
+    h = 10.0
+    corners = np.float32([[-h, -h], [h, -h], [h, h], [-h, h]])
+    s, c = math.sin(math.radians(60)), math.cos(math.radians(60))
+    pts = posed_square(corners, h, s, c, np.float32([1, 0]), np.eye(2, dtype=np.float32))
+    near, far = 1 + TAPER * s, 1 - TAPER * s
+    expected = np.float32([[-h * c * near, -h * near], [h * c * far, -h * far], [h * c * far, h * far], [-h * c * near, h * near]])
+    assert np.allclose(pts, expected, atol=1e-5)
+
+
+def test_scenes_and_eot_pose_a_square_by_the_same_rule():
+    """The numpy (training scenes) and batched torch (EOT) paths of the one pose function agree."""
+    from physical_adv.pose import posed_square
+
+    rng = np.random.default_rng(0)
+    tilt, axis, rot = rng.uniform(0, 0.8, 5), rng.uniform(0, math.pi, 5), rng.uniform(-0.4, 0.4, 5)
+    h = 12.0
+    corners = np.float32([[-h, -h], [h, -h], [h, h], [-h, h]])
+
+    def rotation(r):
+        return np.float32([[math.cos(r), -math.sin(r)], [math.sin(r), math.cos(r)]])
+
+    one_by_one = np.stack([posed_square(corners, h, math.sin(t), math.cos(t), np.float32([math.cos(a), math.sin(a)]), rotation(r))
+                           for t, a, r in zip(tilt, axis, rot)])
+    t = torch.tensor(tilt, dtype=torch.float32).view(5, 1, 1)
+    batch = posed_square(torch.from_numpy(corners).expand(5, 4, 2), h, torch.sin(t), torch.cos(t),
+                         torch.tensor(np.stack([np.cos(axis), np.sin(axis)], 1), dtype=torch.float32).unsqueeze(1),
+                         torch.from_numpy(np.stack([rotation(r) for r in rot])))
+    assert np.allclose(one_by_one, batch.numpy(), atol=1e-4)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from physical_adv.errors import UserError
 from physical_adv.images import to_batch
 from physical_adv.signs import CLASS_NAMES, class_index, render_clean
 from physical_adv.signs.designs import OFF_STYLES
@@ -20,7 +21,11 @@ def test_clean_rendering_is_print_quality_on_paper_white():
 
 def test_class_lookup_is_forgiving_about_spelling():
     assert CLASS_NAMES[class_index("Speed_Limit-80")] == "speed limit 80"
-    with pytest.raises(ValueError):
+    assert CLASS_NAMES[class_index("  turn   LEFT_ahead ")] == "turn left ahead"
+
+
+def test_unknown_sign_is_a_user_error_naming_the_closest():
+    with pytest.raises(UserError, match=r"unknown sign class 'speed limit 90'.*did you mean .*'speed limit \d0'"):
         class_index("speed limit 90")
 
 

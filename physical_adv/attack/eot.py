@@ -14,11 +14,11 @@ model's input size in a fixed, short sequence of batched ops:
 2. **printer and camera colour** — saturation, ink cross-talk, black level, paper white
    and tint, white balance, exposure, contrast and brightness are all affine in colour,
    so they are folded at sampling time into one 3×3 matrix + offset per sample;
-3. **light** — a linear lighting gradient, then gamma;
+3. **light** — a linear lighting ramp across the frame, then gamma;
 4. **optics** — dot gain, defocus (Gaussian) and motion blur (a line) combined into one
    point-spread function per sample and applied as one depthwise convolution;
-5. **sensor** — additive Gaussian noise (planes of a fixed bank during optimisation, see
-   :func:`sample`), then clipping to [0, 1];
+5. **sensor** — the blur's edge normalisation, additive Gaussian noise (planes of a fixed
+   bank during optimisation, see :func:`sample`), then clipping to [0, 1];
 6. **compression** — the JPEG round trip of :mod:`physical_adv.attack.jpeg` in the forward
    pass, with a straight-through (identity) backward pass (BPDA).
 
@@ -41,6 +41,7 @@ from kornia.geometry.transform import get_perspective_transform
 from physical_adv.artifacts import read_named_toml
 from physical_adv.attack.jpeg import jpeg
 from physical_adv.errors import UserError
+from physical_adv.pose import posed_square
 
 Range = tuple[float, float]
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -118,6 +119,20 @@ class EOTDistribution:
         if self.black_level[1] >= self.paper_white[0]:
             raise ValueError("EOT black_level must stay below paper_white")
 
+    @property
+    def deterministic(self) -> bool:
+        """Whether every draw renders the same image (e.g. ``none``): then one draw says all
+        there is, and many draws are one observation repeated, not a sample."""
+        ranges = ("scale", "saturation", "black_level", "paper_white", "dot_gain", "exposure", "brightness", "contrast",
+                  "gamma", "defocus", "jpeg_quality")
+        maxima = ("rotation", "tilt", "translation", "misalignment", "ink_crosstalk", "paper_tint", "white_balance",
+                  "light_gradient")
+        return (all(getattr(self, f)[0] == getattr(self, f)[1] for f in ranges)
+                and all(getattr(self, f) == 0 for f in maxima)
+                and self.noise[1] == 0
+                and (self.motion_blur[1] == 0 or self.motion_blur_p == 0)
+                and self.jpeg_p in (0.0, 1.0))
+
 
 # The TOML file groups fields in sections; these are the section names.
 _SECTIONS = ("geometry", "printer", "camera", "compression")
@@ -168,7 +183,7 @@ class EOTParams:
     level: torch.Tensor  # (N,) long, non-decreasing
     colour_a: torch.Tensor  # (N, 3, 3)
     colour_b: torch.Tensor  # (N, 3)
-    gradient: torch.Tensor  # (N, 2) light change per frame width in x and y
+    light_ramp: torch.Tensor  # (N, 2) lighting ramp: relative light change per frame width in x and y
     gamma: torch.Tensor  # (N,)
     blur_sigma: torch.Tensor  # (N,) Gaussian sigma (dot gain and defocus combined)
     motion_length: torch.Tensor  # (N,)
@@ -200,7 +215,7 @@ def sample(
     device: torch.device | str = "cpu",
     fresh_noise: bool = False,
 ) -> EOTParams:
-    """Draw ``n`` transformations.
+    """Draw ``n`` transformations: geometry, colour, light, optics and sensor, in that order.
 
     Sensor noise comes from a fixed bank of unit-Gaussian planes (:func:`_noise_bank`):
     each sample takes three planes at random, each with a random sign — about 57 million
@@ -219,25 +234,53 @@ def sample(
     Returns:
         An :class:`EOTParams` on ``device``.
     """
-    g, dev = generator, torch.device(device)
-    u = lambda bounds: _uniform(n, bounds, g, dev)  # noqa: E731
-    # --- geometry: the tile's corners in output pixels
+    draw = _Draw(n, generator, torch.device(device))
+    grid_h, level = _draw_geometry(dist, draw, texture_size, out_size)
+    colour_a, colour_b = _draw_colour(dist, draw)
+    light_ramp, gamma = _draw_light(dist, draw)
+    blur_sigma, motion, motion_angle = _draw_optics(dist, draw)
+    noise, quality = _draw_sensor(dist, draw, out_size, fresh_noise)
+    order = torch.argsort(level, stable=True)  # (the noise rows are i.i.d.: they need no reordering)
+    return EOTParams(
+        out_size=out_size, grid_h=grid_h[order], level=level[order], colour_a=colour_a[order], colour_b=colour_b[order],
+        light_ramp=light_ramp[order], gamma=gamma[order], blur_sigma=blur_sigma[order], motion_length=motion[order],
+        motion_angle=motion_angle[order], noise=noise, jpeg_quality=quality[order],
+        blur_radius=blur_radius(dist) if bool((blur_sigma > 0).any() or (motion > 0).any()) else 0,
+    )
+
+
+@dataclass(frozen=True)
+class _Draw:
+    """The batch size, generator and device that every stage of :func:`sample` draws with."""
+
+    n: int
+    g: torch.Generator
+    dev: torch.device
+
+    def uniform(self, bounds: Range | float) -> torch.Tensor:
+        """``(n,)`` uniform in ``bounds`` (a ``(low, high)`` range, or ``±bounds``)."""
+        return _uniform(self.n, bounds, self.g, self.dev)
+
+    def rand(self, *shape: int) -> torch.Tensor:
+        """``(n, *shape)`` uniform in [0, 1)."""
+        return torch.rand(self.n, *shape, generator=self.g, device=self.dev)
+
+
+def _draw_geometry(dist: EOTDistribution, d: _Draw, texture_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The homography ``(N, 3, 3)`` (output pixels → texture [-1, 1]) and pyramid level ``(N,)`` per sample."""
+    n, u = d.n, d.uniform
     side = out_size * u(dist.scale)
     centre = out_size / 2 + out_size * torch.stack([u(dist.translation), u(dist.translation)], 1)
-    unit = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], device=dev)
-    pts = unit.unsqueeze(0) * (side / 2).view(n, 1, 1)
+    unit = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], device=d.dev)
+    half = (side / 2).view(n, 1, 1)
     tilt = torch.deg2rad(u((0.0, dist.tilt)))
     axis_angle = u((0.0, math.pi))
     axis = torch.stack([torch.cos(axis_angle), torch.sin(axis_angle)], 1).unsqueeze(1)  # (N, 1, 2)
-    along = (pts * axis).sum(-1, keepdim=True)  # (N, 4, 1)
-    half = (side / 2).view(n, 1, 1)
-    taper = 1 - 0.25 * torch.sin(tilt).view(n, 1, 1) * along / half  # the far edge looks smaller
-    pts = (pts - along * (1 - torch.cos(tilt)).view(n, 1, 1) * axis) * taper
     rot = torch.deg2rad(u(dist.rotation))
     c, s = torch.cos(rot), torch.sin(rot)
     r = torch.stack([torch.stack([c, -s], 1), torch.stack([s, c], 1)], 1)  # (N, 2, 2)
-    pts = pts @ r.transpose(1, 2)
-    pts = pts + dist.misalignment * side.view(n, 1, 1) * (2 * torch.rand(n, 4, 2, generator=g, device=dev) - 1)
+    pts = posed_square(unit.unsqueeze(0) * half, half, torch.sin(tilt).view(n, 1, 1), torch.cos(tilt).view(n, 1, 1), axis, r)
+    pts = pts + dist.misalignment * side.view(n, 1, 1) * (2 * d.rand(4, 2) - 1)
     dst = pts + centre.unsqueeze(1)
     grid_h = get_perspective_transform(dst, unit.expand(n, 4, 2).contiguous())  # output px → [-1, 1]
     # area of the quad → footprint in texels per output pixel → pyramid level
@@ -245,32 +288,49 @@ def sample(
     area = 0.5 * (x * y.roll(-1, 1) - x.roll(-1, 1) * y).sum(1).abs()
     ratio = texture_size / area.clamp_min(1.0).sqrt()
     max_level = int(math.floor(math.log2(max(texture_size / 4, 1))))
-    level = torch.log2(ratio).round().clamp(0, max_level).long()
-    # --- colour: printer then camera, folded into one affine map
-    eye = torch.eye(3, device=dev).expand(n, 3, 3)
-    ones = torch.ones(n, 3, device=dev)
+    return grid_h, torch.log2(ratio).round().clamp(0, max_level).long()
+
+
+def _draw_colour(dist: EOTDistribution, d: _Draw) -> tuple[torch.Tensor, torch.Tensor]:
+    """Printer then camera colour, folded into one affine map per sample: ``(N, 3, 3)`` and ``(N, 3)``."""
+    n, u = d.n, d.uniform
+    eye = torch.eye(3, device=d.dev).expand(n, 3, 3)
+    ones = torch.ones(n, 3, device=d.dev)
     sat = u(dist.saturation).view(n, 1, 1)
     a = sat * eye + (1 - sat) / 3
-    b = torch.zeros(n, 3, device=dev)
-    mix = eye + dist.ink_crosstalk * (2 * torch.rand(n, 3, 3, generator=g, device=dev) - 1) * (1 - eye)
+    b = torch.zeros(n, 3, device=d.dev)
+    mix = eye + dist.ink_crosstalk * (2 * d.rand(3, 3) - 1) * (1 - eye)
     a, b = _affine_then(a, b, mix / mix.sum(2, keepdim=True), torch.zeros_like(b))
     black = u(dist.black_level).view(n, 1)
-    white = u(dist.paper_white).view(n, 1) * (1 - dist.paper_tint * torch.rand(n, 3, generator=g, device=dev))
+    white = u(dist.paper_white).view(n, 1) * (1 - dist.paper_tint * d.rand(3))
     a, b = _affine_then(a, b, torch.diag_embed(white - black), black * ones)
-    gains = 1 + dist.white_balance * (2 * torch.rand(n, 3, generator=g, device=dev) - 1)
+    gains = 1 + dist.white_balance * (2 * d.rand(3) - 1)
     gains = gains * u(dist.exposure).view(n, 1)
     a, b = _affine_then(a, b, torch.diag_embed(gains), torch.zeros_like(b))
     k = u(dist.contrast).view(n, 1)
-    a, b = _affine_then(a, b, k.view(n, 1, 1) * eye, 0.5 * (1 - k) * ones + u(dist.brightness).view(n, 1))
-    grad_angle = u((0.0, 2 * math.pi))
-    grad_mag = u((0.0, dist.light_gradient))
-    gradient = torch.stack([torch.cos(grad_angle), torch.sin(grad_angle)], 1) * grad_mag.view(n, 1)
-    gamma = u(dist.gamma)
-    # --- optics, sensor, compression
-    blur_sigma = torch.sqrt(u(dist.dot_gain) ** 2 + u(dist.defocus) ** 2)
-    motion = u(dist.motion_blur) * (torch.rand(n, generator=g, device=dev) < dist.motion_blur_p)
-    motion_angle = u((0.0, math.pi))
-    sigma = u(dist.noise)
+    return _affine_then(a, b, k.view(n, 1, 1) * eye, 0.5 * (1 - k) * ones + u(dist.brightness).view(n, 1))
+
+
+def _draw_light(dist: EOTDistribution, d: _Draw) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lighting ramp ``(N, 2)`` (relative light change per frame width in x and y) and gamma ``(N,)``."""
+    angle = d.uniform((0.0, 2 * math.pi))
+    strength = d.uniform((0.0, dist.light_gradient))
+    light_ramp = torch.stack([torch.cos(angle), torch.sin(angle)], 1) * strength.view(d.n, 1)
+    return light_ramp, d.uniform(dist.gamma)
+
+
+def _draw_optics(dist: EOTDistribution, d: _Draw) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Blur sigma (dot gain and defocus combined), motion length and motion angle, each ``(N,)``."""
+    blur_sigma = torch.sqrt(d.uniform(dist.dot_gain) ** 2 + d.uniform(dist.defocus) ** 2)
+    motion = d.uniform(dist.motion_blur) * (d.rand() < dist.motion_blur_p)
+    return blur_sigma, motion, d.uniform((0.0, math.pi))
+
+
+def _draw_sensor(dist: EOTDistribution, d: _Draw, out_size: int, fresh_noise: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Sensor noise ``(N, 3, out, out)`` scaled by each sample's sigma (``None`` when the
+    distribution has none) and JPEG quality ``(N,)`` (0 = no JPEG)."""
+    n, g, dev = d.n, d.g, d.dev
+    sigma = d.uniform(dist.noise)
     if dist.noise[1] == 0:
         noise = None
     elif fresh_noise:
@@ -280,14 +340,8 @@ def sample(
         pick = torch.randint(len(bank), (n * 3,), generator=g, device=dev)
         signs = torch.randint(2, (n, 3), generator=g, device=dev) * 2 - 1
         noise = bank.index_select(0, pick).view(n, 3, out_size, out_size) * (signs * sigma.view(n, 1)).view(n, 3, 1, 1)
-    quality = u(dist.jpeg_quality).round() * (torch.rand(n, generator=g, device=dev) < dist.jpeg_p)
-    order = torch.argsort(level, stable=True)  # (the noise rows are i.i.d.: they need no reordering)
-    return EOTParams(
-        out_size=out_size, grid_h=grid_h[order], level=level[order], colour_a=a[order], colour_b=b[order],
-        gradient=gradient[order], gamma=gamma[order], blur_sigma=blur_sigma[order], motion_length=motion[order],
-        motion_angle=motion_angle[order], noise=noise, jpeg_quality=quality[order],
-        blur_radius=blur_radius(dist) if bool((blur_sigma > 0).any() or (motion > 0).any()) else 0,
-    )
+    quality = d.uniform(dist.jpeg_quality).round() * (d.rand() < dist.jpeg_p)
+    return noise, quality
 
 
 NOISE_BANK_SEED = 0x5E75
@@ -398,7 +452,7 @@ def _blur(images: torch.Tensor, sigma: torch.Tensor, length: torch.Tensor, angle
     convolution, divided by the kernel mass that falls inside the frame — which reads like
     replicate padding for smooth content and avoids a padding op (and its backward) that
     cost as much as the convolution itself. (:func:`render` folds that division into the
-    sensor stage.)
+    sensor stage as its ``edge_norm``.)
     """
     out, scale = _blur_parts(images, sigma, length, angle, radius)
     return out * scale
@@ -439,22 +493,22 @@ class _Photometric(torch.autograd.Function):
 
 
 class _Sensor(torch.autograd.Function):
-    """A per-pixel gain (the blur's edge normalisation), sensor noise, clipping to [0, 1] and
-    the JPEG round trip in one step. The codec is straight-through (BPDA: identity in the
-    backward pass), so the stage's backward pass is one multiply by the gain where the clip
-    let the value through."""
+    """The blur's edge normalisation (a per-pixel factor, see :func:`_blur`), sensor noise,
+    clipping to [0, 1] and the JPEG round trip in one step. The codec is straight-through
+    (BPDA: identity in the backward pass), so the stage's backward pass is one multiply by
+    the edge normalisation where the clip let the value through."""
 
     @staticmethod
-    def forward(ctx, x, gain, noise, quality):
-        if gain is not None:
-            v = x * gain
+    def forward(ctx, x, edge_norm, noise, quality):
+        if edge_norm is not None:
+            v = x * edge_norm
             if noise is not None:
                 v.add_(noise)
         else:
             v = x + noise if noise is not None else x.clone()
         inside = (v >= 0) & (v <= 1)  # where the clip lets the value through
         y = v.clamp_(0, 1)
-        ctx.save_for_backward(inside, gain)
+        ctx.save_for_backward(inside, edge_norm)
         rows = quality > 0
         if bool(rows.any()):
             if bool(rows.all()):
@@ -466,9 +520,9 @@ class _Sensor(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        inside, gain = ctx.saved_tensors
+        inside, edge_norm = ctx.saved_tensors
         grad = grad * inside
-        return grad if gain is None else grad.mul_(gain), None, None, None
+        return grad if edge_norm is None else grad.mul_(edge_norm), None, None, None
 
 
 def render(texture: torch.Tensor, params: EOTParams) -> torch.Tensor:
@@ -484,16 +538,21 @@ def render(texture: torch.Tensor, params: EOTParams) -> torch.Tensor:
     if texture.ndim == 3:
         texture = texture.unsqueeze(0)
     x = warp_texture(texture, params)
-    n, _, h, w = x.shape
-    ramp = None
-    if bool((params.gradient != 0).any()):
-        coords = (torch.arange(h, device=x.device, dtype=x.dtype) + 0.5) / h - 0.5
-        ramp = (1 + params.gradient[:, 0].to(x.dtype).view(n, 1, 1) * coords.view(1, 1, w)
-                + params.gradient[:, 1].to(x.dtype).view(n, 1, 1) * coords.view(1, h, 1)).unsqueeze(1)
     gamma = params.gamma.to(x.dtype) if bool((params.gamma != 1).any()) else None
-    x = _Photometric.apply(x, params.colour_a.to(x.dtype), params.colour_b.to(x.dtype), ramp, gamma)
-    gain = None
+    x = _Photometric.apply(x, params.colour_a.to(x.dtype), params.colour_b.to(x.dtype), _light_field(params, x), gamma)
+    edge_norm = None
     if params.blur_radius:
-        x, gain = _blur_parts(x, params.blur_sigma, params.motion_length, params.motion_angle, params.blur_radius)
+        x, edge_norm = _blur_parts(x, params.blur_sigma, params.motion_length, params.motion_angle, params.blur_radius)
     noise = None if params.noise is None else params.noise.to(x.dtype)
-    return _Sensor.apply(x, gain, noise, params.jpeg_quality)
+    return _Sensor.apply(x, edge_norm, noise, params.jpeg_quality)
+
+
+def _light_field(params: EOTParams, x: torch.Tensor) -> torch.Tensor | None:
+    """The per-pixel light multiplier ``(N, 1, h, w)`` of each sample's lighting ramp, or
+    ``None`` when no sample has one (``x`` gives the frame size, device and dtype)."""
+    if not bool((params.light_ramp != 0).any()):
+        return None
+    n, _, h, w = x.shape
+    coords = (torch.arange(h, device=x.device, dtype=x.dtype) + 0.5) / h - 0.5
+    ramp = params.light_ramp.to(x.dtype)
+    return (1 + ramp[:, 0].view(n, 1, 1) * coords.view(1, 1, w) + ramp[:, 1].view(n, 1, 1) * coords.view(1, h, 1)).unsqueeze(1)

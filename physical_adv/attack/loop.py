@@ -1,7 +1,7 @@
 """The one optimisation loop every attack runs: threat model, objective, regularisers and
-an optional transformation sampler are pluggable pieces. FGSM is one step of it with no
-sampler; PGD is many; EOT adds a sampler that renders the texture through a fresh batch of
-print-and-photograph transformations at every step."""
+an optional view renderer are pluggable pieces. FGSM is one step of it with no renderer;
+PGD is many; EOT adds a ``render_views`` function that renders the texture through a fresh
+batch of print-and-photograph transformations at every step."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 
 from physical_adv.attack.threat import ThreatModel
 
-Sampler = Callable[[torch.Tensor], torch.Tensor]  # texture (1, 3, S, S) → model batch (M, 3, h, w)
+RenderViews = Callable[[torch.Tensor], torch.Tensor]  # texture (1, 3, S, S) → model batch (M, 3, h, w)
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, labels) → scalar to maximise
 Regulariser = tuple[float, Callable[[torch.Tensor], torch.Tensor]]  # (weight, x → scalar to minimise)
 
@@ -46,7 +46,7 @@ def optimize(
     steps: int,
     alpha: float | Callable[[int], float],
     targeted: bool,
-    sampler: Sampler | None = None,
+    render_views: RenderViews | None = None,
     regularisers: Sequence[Regulariser] = (),
     random_start: bool = False,
     generator: torch.Generator | None = None,
@@ -54,16 +54,17 @@ def optimize(
     early_stop: Callable[[list[StepReport]], bool] | None = None,
     callback: Callable[[StepReport], None] | None = None,
 ) -> LoopResult:
-    """Maximise ``objective(model(sampler(x)), labels) − Σ w·reg(x)`` over the threat model.
+    """Maximise ``objective(model(render_views(x)), labels) − Σ w·reg(x)`` over the threat model.
 
     Args:
         model: logits for ``(M, 3, h, w)`` in [0, 1].
-        clean: ``(N, 3, H, W)`` in [0, 1]: images (no sampler) or one texture (with a sampler).
-        labels: ``(N,)`` true labels, or targets when ``targeted``; with a sampler a single
-            label that is repeated over the rendered batch.
+        clean: ``(N, 3, H, W)`` in [0, 1]: images (no renderer) or one texture (with ``render_views``).
+        labels: ``(N,)`` true labels, or targets when ``targeted``; with ``render_views`` a
+            single label that is repeated over the rendered batch.
         threat: the allowed set, its steps and projection.
         steps, alpha: number of steps and step size (a constant or a function of the step).
-        sampler: renders ``x`` to a model batch (EOT); ``None`` feeds ``x`` directly.
+        render_views: renders ``x`` to a model batch of transformed views (EOT); ``None``
+            feeds ``x`` directly.
         regularisers: ``(weight, function)`` pairs subtracted from the objective.
         random_start: start from a random point of the allowed set.
         keep_best: return the iterate with the best batch success (then objective), not the last.
@@ -80,9 +81,9 @@ def optimize(
     stopped = False
     for step in range(steps):
         x.requires_grad_(True)
-        batch = sampler(x) if sampler is not None else x
+        batch = render_views(x) if render_views is not None else x
         logits = model(batch)
-        batch_labels = labels if sampler is None else labels.expand(logits.shape[0])
+        batch_labels = labels if render_views is None else labels.expand(logits.shape[0])
         goal = objective(logits, batch_labels)
         total = goal
         for weight, reg in regularisers:

@@ -8,6 +8,17 @@ from pathlib import Path
 import torch
 
 from physical_adv.artifacts import atomic_write_bytes
+from physical_adv.outcome import attack_succeeded
+
+
+def success_text(metrics: dict, distribution: str) -> str:
+    """The held-out success rate as a person reads it: with its number of draws of
+    ``distribution`` and 95 % interval, or "on its one draw" when the distribution is
+    deterministic (no interval)."""
+    rate, n, ci = metrics["eot_success"], metrics["eot_samples"], metrics["eot_success_ci95"]
+    if ci is None:
+        return f"{rate:.0%} on the one draw of {distribution} (deterministic: no interval)"
+    return f"{rate:.1%} of {n} held-out {distribution} draws (95% CI {ci[0]:.1%}–{ci[1]:.1%})"
 
 
 def eot_preview(path: Path, images: torch.Tensor, probs: torch.Tensor, class_names: list[str], true_idx: int,
@@ -32,15 +43,13 @@ def eot_preview(path: Path, images: torch.Tensor, probs: torch.Tensor, class_nam
     for i in range(count):
         p = probs[i]
         k = int(p.argmax())
-        success = k == target_idx if target_idx is not None else k != true_idx
+        success = attack_succeeded(class_names[k], class_names[true_idx], None if target_idx is None else class_names[target_idx])
         ax = axes.flat[i]
         ax.imshow(images[i].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
         ax.set_title(f"{class_names[k]}\n{float(p[k]):.2f}", fontsize=8, color="#1a7f37" if success else "#cf222e")
     m = record["metrics"]
     goal = f"→ {record['target_class']}" if target_idx is not None else f"not {record['true_class']}"
-    lo, hi = m["eot_success_ci95"]
-    fig.suptitle(f"{record['eval_distribution']['name']}: {goal}  success {m['eot_success']:.1%} [{lo:.1%}, {hi:.1%}] "
-                 f"on {m['eot_samples']} held-out draws", fontsize=9)
+    fig.suptitle(f"{goal}: success {success_text(m, record['eval_distribution']['name'])}", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

@@ -9,6 +9,10 @@ interrupted run leaves nothing half-written) holds:
 * ``attack.json`` — schema, config, model, classes, final metrics, versions;
 * ``progress.csv`` — one row per optimisation step;
 * ``eot_preview.png`` — held-out transformed samples with the model's prediction on each.
+
+:func:`run_attack` reads as its stages: :func:`resolve_distributions` (what to optimise
+over and check on), :func:`resolve_goal` (true and target class, by the one class-name
+lookup), :func:`build_threat`, :func:`optimise`, :func:`evaluate`, then the record.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -30,10 +35,14 @@ from physical_adv.artifacts import atomic_write_bytes, atomic_write_json, softwa
 from physical_adv.attack import eot
 from physical_adv.attack.loop import LoopResult, StepReport, optimize
 from physical_adv.attack.objectives import OBJECTIVES, default_palette, non_printability, total_variation
-from physical_adv.attack.threat import L2Ball, LinfBall, Patch
+from physical_adv.attack.threat import L2Ball, LinfBall, Patch, ThreatModel
+from physical_adv.classes import class_index
 from physical_adv.errors import UserError
 from physical_adv.images import load_image, save_png
 from physical_adv.models import DEFAULT_MODEL, load_model
+from physical_adv.outcome import attack_succeeded
+from physical_adv.signs.designs import CLASS_NAMES as SIGN_CLASSES
+from physical_adv.signs.designs import class_index as sign_class_index
 from physical_adv.stats import wilson_interval
 from physical_adv.ui import console, make_progress
 
@@ -54,6 +63,7 @@ class AttackConfig:
     source: str
     out: Path
     target: str | None = None
+    true_class: str | None = None  # default: the sign's class for sign:NAME, else the clean prediction
     model: str = DEFAULT_MODEL
     classes: str | None = None  # class-name file for TorchScript and module:factory models
     eps: float | None = None
@@ -63,7 +73,7 @@ class AttackConfig:
     patch_area: float = 0.2
     patch_position: tuple[float, float] = (0.5, 0.5)
     eot: str = "print-camera"
-    eval_eot: str | None = None  # distribution of the held-out check (default: the same as eot)
+    eval_eot: str | None = None  # held-out check (default: the same as eot; print-camera when eot is deterministic)
     samples: int = 32
     steps: int = 300
     seed: int = 0
@@ -166,15 +176,6 @@ def build_mask(cfg: AttackConfig, size: int) -> np.ndarray | None:
     return mask
 
 
-def _class_index(model, name: str, what: str) -> int:
-    key = " ".join(name.strip().lower().replace("_", " ").split())
-    for i, cls in enumerate(model.class_names):
-        if cls.lower() == key:
-            return i
-    sample = ", ".join(model.class_names[:20]) + (" …" if len(model.class_names) > 20 else "")
-    raise UserError(f"unknown {what} class {name!r} for model {model.spec}; classes: {sample}")
-
-
 def evaluate_texture(model, texture: torch.Tensor, dist: eot.EOTDistribution, n: int, generator: torch.Generator,
                      batch: int = 100) -> tuple[torch.Tensor, torch.Tensor, eot.EOTParams]:
     """Probabilities ``(n, C)`` of ``model`` on ``n`` draws of ``dist`` applied to ``texture``,
@@ -191,63 +192,117 @@ def evaluate_texture(model, texture: torch.Tensor, dist: eot.EOTDistribution, n:
     return torch.cat(probs), first[0], first[1]
 
 
-def run_attack(cfg: AttackConfig, show_progress: bool = True) -> AttackResult:
-    """Run the attack of ``cfg`` and write its run directory (see module docs).
+@dataclass(frozen=True)
+class Goal:
+    """What the attack is after: the source's true class, the target (``None`` = untargeted),
+    and where the true class came from (``--true-class``, the sign, or the clean prediction)."""
 
-    Returns:
-        :class:`AttackResult` with the run directory and the ``attack.json`` record.
+    true_idx: int
+    target_idx: int | None
+    true_class_from: str
+
+    @property
+    def targeted(self) -> bool:
+        return self.target_idx is not None
+
+
+@dataclass(frozen=True)
+class Distributions:
+    """The distribution optimised over, the one checked on, and why the check uses that one."""
+
+    optimise: eot.EOTDistribution
+    evaluate: eot.EOTDistribution
+    evaluate_reason: str
+
+
+DEFAULT_EVAL_EOT = "print-camera"  # the held-out check of an attack optimised without transformations
+
+
+def resolve_distributions(cfg: AttackConfig) -> Distributions:
+    """Load ``--eot`` and pick the held-out distribution.
+
+    ``--eval-eot`` when given; else the same as ``--eot``, unless ``--eot`` is deterministic
+    (``none``): then checking on it would render one image a thousand times, so the check
+    runs on :data:`DEFAULT_EVAL_EOT` instead, and the record says so.
     """
-    started = time.time()
-    out = Path(cfg.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"output {out} already exists and is not an empty directory; choose another --out")
     dist = eot.load_distribution(cfg.eot)
-    eval_dist = eot.load_distribution(cfg.eval_eot) if cfg.eval_eot else dist
-    source = load_image(cfg.source)
-    texture_np = _square_texture(source, cfg.texture_size)
-    mask_np = build_mask(cfg, cfg.texture_size)
-    model = load_model(cfg.model, cfg.device, classes=cfg.classes)
-    device = model.device
-    opt_seed, held_seed = _seeds(cfg.seed)
-    torch.manual_seed(opt_seed)
-    generator = torch.Generator(device=device).manual_seed(opt_seed)
-    clean = torch.from_numpy(texture_np).permute(2, 0, 1).unsqueeze(0).float().div(255).to(device)
-    none = eot.load_distribution("none")
-    with torch.no_grad():
-        clean_probs = torch.softmax(model(eot.render(clean, eot.sample(none, 1, cfg.texture_size, model.input_size, generator, device))), 1)[0]
-    if cfg.source.startswith("sign:") and cfg.source[5:].strip().lower() in [c.lower() for c in model.class_names]:
-        true_idx = _class_index(model, cfg.source[5:], "source")
-    else:
-        true_idx = int(clean_probs.argmax())
-    target_idx = _class_index(model, cfg.target, "target") if cfg.target else None
-    targeted = target_idx is not None
-    if targeted and target_idx == true_idx:
-        raise UserError(f"the target class {cfg.target!r} is already the source's class")
-    label = torch.tensor([target_idx if targeted else true_idx], device=device)
+    if cfg.eval_eot:
+        return Distributions(dist, eot.load_distribution(cfg.eval_eot), "given by --eval-eot")
+    if dist.deterministic:
+        reason = (f"--eot {cfg.eot} is deterministic (every draw is the same image), so the held-out check uses "
+                  f"{DEFAULT_EVAL_EOT} by default; give --eval-eot to choose another")
+        return Distributions(dist, eot.load_distribution(DEFAULT_EVAL_EOT), reason)
+    return Distributions(dist, dist, "the same as --eot (no --eval-eot given)")
 
+
+def resolve_goal(cfg: AttackConfig, class_names: list[str], spec: str, clean_pred: int) -> Goal:
+    """The true and target class indices, by the one class-name lookup (:mod:`physical_adv.classes`).
+
+    The true class is ``--true-class`` when given; for ``sign:NAME`` the sign's own class
+    (an error naming the closest classes when the model has none of that name); for an image
+    file the model's prediction on the clean image.
+
+    Raises:
+        UserError: an unknown class name, or a target equal to the true class.
+    """
+    owner = f"model {spec}"
+    if cfg.true_class:
+        true_idx, true_from = class_index(class_names, cfg.true_class, "true", owner), "--true-class"
+    elif cfg.source.startswith("sign:"):
+        sign = SIGN_CLASSES[sign_class_index(cfg.source[5:])]
+        try:
+            true_idx = class_index(class_names, sign, "source", owner)
+        except UserError as exc:
+            raise UserError(f"{exc}; give --true-class NAME to say which of its classes the sign is") from None
+        true_from = f"the class of sign:{sign}"
+    else:
+        true_idx, true_from = clean_pred, "the model's prediction on the clean image (no --true-class given)"
+    target_idx = class_index(class_names, cfg.target, "target", owner) if cfg.target else None
+    if target_idx is not None and target_idx == true_idx:
+        raise UserError(f"the target class {cfg.target!r} is already the source's class")
+    return Goal(true_idx, target_idx, true_from)
+
+
+def build_threat(cfg: AttackConfig, mask_np: np.ndarray | None, input_size: int,
+                 device: torch.device) -> tuple[ThreatModel, Callable[[int], float]]:
+    """The threat model of ``cfg`` and its step size per step (cosine decay over the run)."""
     if cfg.patch_mode:
-        mask = torch.from_numpy(mask_np).to(device).view(1, 1, *mask_np.shape)
-        threat = Patch(mask)
+        threat = Patch(torch.from_numpy(mask_np).to(device).view(1, 1, *mask_np.shape))
         alpha_hi, alpha_lo = 24 / 255, 1 / 255
     elif cfg.norm == "linf":
         eps = cfg.eps_value / 255
         threat = LinfBall(eps)
         alpha_hi, alpha_lo = eps / 4, eps / 40
     else:  # L2 measured at the model's input: area-downsampling by k divides a smooth change's norm by k
-        eps = cfg.eps_value * cfg.texture_size / model.input_size
+        eps = cfg.eps_value * cfg.texture_size / input_size
         threat = L2Ball(eps)
         alpha_hi, alpha_lo = eps / 5, eps / 50
 
     def alpha(step: int) -> float:  # cosine decay from alpha_hi to alpha_lo
         return alpha_lo + 0.5 * (alpha_hi - alpha_lo) * (1 + math.cos(math.pi * step / max(1, cfg.steps - 1)))
 
-    def sampler(x: torch.Tensor) -> torch.Tensor:
-        return eot.render(x, eot.sample(dist, cfg.samples, cfg.texture_size, model.input_size, generator, device))
+    return threat, alpha
+
+
+def views_per_step(cfg: AttackConfig, dist: eot.EOTDistribution) -> int:
+    """How many transformed views each step renders: ``--samples``, or one when every draw of
+    ``dist`` is the same image."""
+    return 1 if dist.deterministic else cfg.samples
+
+
+def optimise(cfg: AttackConfig, model, clean: torch.Tensor, goal: Goal, threat: ThreatModel, alpha: Callable[[int], float],
+             dist: eot.EOTDistribution, generator: torch.Generator, show_progress: bool) -> tuple[LoopResult, float]:
+    """Run the EOT loop on ``clean`` ``(1, 3, S, S)``; returns the loop's result and its seconds."""
+    device, views = clean.device, views_per_step(cfg, dist)
+
+    def render_views(x: torch.Tensor) -> torch.Tensor:
+        return eot.render(x, eot.sample(dist, views, cfg.texture_size, model.input_size, generator, device))
 
     loss_fn = OBJECTIVES[cfg.loss]
-    objective = lambda logits, y: loss_fn(logits, y, targeted)  # noqa: E731
+    objective = lambda logits, y: loss_fn(logits, y, goal.targeted)  # noqa: E731
     palette = default_palette().to(device)
     regularisers = [(cfg.tv_weight, total_variation), (cfg.nps_weight, lambda x: non_printability(x, palette))]
+    label = torch.tensor([goal.target_idx if goal.targeted else goal.true_idx], device=device)
 
     def early_stop(history: list[StepReport]) -> bool:  # target held with margin for 20 straight steps
         recent = history[-20:]
@@ -263,70 +318,136 @@ def run_attack(cfg: AttackConfig, show_progress: bool = True) -> AttackResult:
                 console.print(f"step {r.step + 1}/{cfg.steps} {info}")  # a log file gets a line every 10 %
 
         t0 = time.time()
-        result: LoopResult = optimize(
-            model, clean, label, threat=threat, objective=objective, steps=cfg.steps, alpha=alpha, targeted=targeted,
-            sampler=sampler, regularisers=regularisers, random_start=cfg.patch_mode, generator=generator,
+        result = optimize(
+            model, clean, label, threat=threat, objective=objective, steps=cfg.steps, alpha=alpha, targeted=goal.targeted,
+            render_views=render_views, regularisers=regularisers, random_start=cfg.patch_mode, generator=generator,
             keep_best=True, early_stop=early_stop, callback=report,
         )
-        optimise_seconds = time.time() - t0
-    adv = result.x.detach()
+    return result, time.time() - t0
 
-    held_gen = torch.Generator(device=device).manual_seed(held_seed)
-    probs, preview_imgs, _ = evaluate_texture(model, adv, eval_dist, cfg.eval_samples, held_gen)
-    held_gen = torch.Generator(device=device).manual_seed(held_seed)  # the same draws for the clean texture
-    clean_probs_eot, _, _ = evaluate_texture(model, clean, eval_dist, cfg.eval_samples, held_gen)
-    metrics = _metrics(probs, clean_probs_eot, true_idx, target_idx, adv, clean, model.input_size, cfg.texture_size)
+
+def evaluation_draws(cfg: AttackConfig, dist: eot.EOTDistribution) -> int:
+    """Held-out draws: ``--eval-samples``, or one when every draw of ``dist`` is the same image."""
+    return 1 if dist.deterministic else cfg.eval_samples
+
+
+def evaluate(cfg: AttackConfig, model, adv: torch.Tensor, clean: torch.Tensor, dist: eot.EOTDistribution, held_seed: int,
+             goal: Goal) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """Check ``adv`` and ``clean`` on the same held-out draws of ``dist``.
+
+    Returns:
+        ``(metrics, preview images (M, 3, h, w), their probabilities (M, C))``.
+    """
+    n, device = evaluation_draws(cfg, dist), adv.device
+    probs, preview_imgs, _ = evaluate_texture(model, adv, dist, n, torch.Generator(device=device).manual_seed(held_seed))
+    clean_probs, _, _ = evaluate_texture(model, clean, dist, n, torch.Generator(device=device).manual_seed(held_seed))
+    metrics = _metrics(probs, clean_probs, goal, model.class_names, adv, clean, model.input_size, cfg.texture_size,
+                       deterministic=dist.deterministic)
+    return metrics, preview_imgs, probs[: len(preview_imgs)]
+
+
+def run_attack(cfg: AttackConfig, show_progress: bool = True) -> AttackResult:
+    """Run the attack of ``cfg`` and write its run directory (see module docs).
+
+    Returns:
+        :class:`AttackResult` with the run directory and the ``attack.json`` record.
+    """
+    started = time.time()
+    out = Path(cfg.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"output {out} already exists and is not an empty directory; choose another --out")
+    dists = resolve_distributions(cfg)
+    texture_np = _square_texture(load_image(cfg.source), cfg.texture_size)
+    mask_np = build_mask(cfg, cfg.texture_size)
+    model = load_model(cfg.model, cfg.device, classes=cfg.classes)
+    device = model.device
+    opt_seed, held_seed = _seeds(cfg.seed)
+    torch.manual_seed(opt_seed)
+    generator = torch.Generator(device=device).manual_seed(opt_seed)
+    clean = torch.from_numpy(texture_np).permute(2, 0, 1).unsqueeze(0).float().div(255).to(device)
+    clean_pred = _clean_prediction(model, clean, generator)
+    goal = resolve_goal(cfg, list(model.class_names), model.spec, clean_pred)
+    threat, alpha = build_threat(cfg, mask_np, model.input_size, device)
+    result, optimise_seconds = optimise(cfg, model, clean, goal, threat, alpha, dists.optimise, generator, show_progress)
+    adv = result.x.detach()
+    metrics, preview_imgs, preview_probs = evaluate(cfg, model, adv, clean, dists.evaluate, held_seed, goal)
     metrics.update(optimise_seconds=round(optimise_seconds, 2), steps_run=len(result.history), best_step=result.best_step,
                    stopped_early=result.stopped_early, wall_seconds=round(time.time() - started, 2))
+    record = _record(cfg, model, goal, clean_pred, dists, (opt_seed, held_seed), mask_np, metrics)
+    _write_run_dir(out, record, clean, adv, mask_np, result, preview_imgs, preview_probs, model.class_names,
+                   goal.true_idx, goal.target_idx)
+    return AttackResult(out, record)
 
-    record = {
+
+def _clean_prediction(model, clean: torch.Tensor, generator: torch.Generator) -> int:
+    """The model's class for the clean texture, area-downsampled to its input (the ``none`` render)."""
+    none = eot.load_distribution("none")
+    with torch.no_grad():
+        params = eot.sample(none, 1, clean.shape[-1], model.input_size, generator, clean.device)
+        return int(model(eot.render(clean, params)).argmax(1)[0])
+
+
+def _record(cfg: AttackConfig, model, goal: Goal, clean_pred: int, dists: Distributions, seeds: tuple[int, int],
+            mask_np: np.ndarray | None, metrics: dict) -> dict:
+    """The ``attack.json`` record (see the README's run-directory table)."""
+    names = model.class_names
+    return {
         "schema": SCHEMA,
         "kind": "attack",
         "created": utc_now(),
         "config": {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
         "eps_effective": None if cfg.patch_mode else cfg.eps_value,
         "threat": "patch" if cfg.patch_mode else cfg.norm,
-        "targeted": targeted,
+        "targeted": goal.targeted,
         "model": {"spec": model.spec, "input_size": model.input_size, "weights": model.card.weights},
-        "class_names": list(model.class_names),
-        "true_class": model.class_names[true_idx],
-        "target_class": model.class_names[target_idx] if targeted else None,
-        "clean_prediction": model.class_names[int(clean_probs.argmax())],
-        "eot_distribution": eot.distribution_to_dict(dist),
-        "eval_distribution": eot.distribution_to_dict(eval_dist),
-        "seeds": {"seed": cfg.seed, "optimisation": opt_seed, "heldout": held_seed},
+        "class_names": list(names),
+        "true_class": names[goal.true_idx],
+        "true_class_from": goal.true_class_from,
+        "target_class": names[goal.target_idx] if goal.targeted else None,
+        "clean_prediction": names[clean_pred],
+        "eot_distribution": eot.distribution_to_dict(dists.optimise),
+        "views_per_step": views_per_step(cfg, dists.optimise),
+        "eval_distribution": eot.distribution_to_dict(dists.evaluate),
+        "eval_distribution_reason": dists.evaluate_reason,
+        "seeds": {"seed": cfg.seed, "optimisation": seeds[0], "heldout": seeds[1]},
         "patch_fraction": float(mask_np.mean()) if mask_np is not None else None,
         "metrics": metrics,
         "versions": software_versions(),
-        "device": str(device),
+        "device": str(model.device),
     }
-    _write_run_dir(out, record, clean, adv, mask_np, result, preview_imgs, probs[: len(preview_imgs)], model.class_names,
-                   true_idx, target_idx)
-    return AttackResult(out, record)
 
 
-def _metrics(probs, clean_probs, true_idx, target_idx, adv, clean, input_size, texture_size) -> dict:
-    pred = probs.argmax(1)
-    n = len(pred)
-    hits = int((pred == target_idx).sum()) if target_idx is not None else int((pred != true_idx).sum())
-    clean_pred = clean_probs.argmax(1)
-    clean_hits = int((clean_pred == target_idx).sum()) if target_idx is not None else int((clean_pred != true_idx).sum())
+def _metrics(probs, clean_probs, goal: Goal, class_names, adv, clean, input_size, texture_size, deterministic=False) -> dict:
+    """Success rates on the held-out draws (one rule: :func:`physical_adv.outcome.attack_succeeded`)
+    and the size of the change. Over a deterministic distribution there is one draw and no interval."""
+    true_class = class_names[goal.true_idx]
+    target_class = class_names[goal.target_idx] if goal.targeted else None
+
+    def hits(p: torch.Tensor) -> int:
+        return sum(attack_succeeded(class_names[k], true_class, target_class) for k in p.argmax(1).tolist())
+
+    n = len(probs)
+    adv_hits, clean_hits = hits(probs), hits(clean_probs)
     delta = (adv - clean).cpu()
     small = torch.nn.functional.adaptive_avg_pool2d(delta, input_size)
-    lo, hi = wilson_interval(hits, n)
-    return {
-        "eot_success": hits / n,
-        "eot_success_ci95": [round(lo, 4), round(hi, 4)],
+    ci = None if deterministic else [round(v, 4) for v in wilson_interval(adv_hits, n)]
+    metrics = {
+        "eot_success": adv_hits / n,
+        "eot_success_ci95": ci,
         "eot_samples": n,
         "clean_eot_success": clean_hits / n,
-        "mean_target_prob": float(probs[:, target_idx].mean()) if target_idx is not None else None,
-        "mean_true_prob": float(probs[:, true_idx].mean()),
-        "clean_mean_true_prob": float(clean_probs[:, true_idx].mean()),
+        "mean_target_prob": float(probs[:, goal.target_idx].mean()) if goal.targeted else None,
+        "mean_true_prob": float(probs[:, goal.true_idx].mean()),
+        "clean_mean_true_prob": float(clean_probs[:, goal.true_idx].mean()),
         "linf_255": round(float(delta.abs().max()) * 255, 3),
         "l2_texture": round(float(delta.norm()), 4),
         "l2_at_input_size": round(float(small.norm()), 4),
         "texture_size": texture_size,
     }
+    if deterministic:
+        metrics["eot_success_note"] = ("the evaluation distribution is deterministic: one draw was checked, and a "
+                                       "confidence interval over identical draws would be meaningless")
+    return metrics
 
 
 def _to_uint8(t: torch.Tensor) -> np.ndarray:

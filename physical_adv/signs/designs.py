@@ -17,6 +17,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from physical_adv.classes import class_index as lookup_class
+
 RGB = tuple[float, float, float]
 
 # Class names: the order is the model's output order and must never change once weights ship.
@@ -339,12 +341,13 @@ assert tuple(_DRAWERS) == CLASS_NAMES
 
 
 def class_index(name: str) -> int:
-    """Index of a sign class by name (case-insensitive, ``_`` or ``-`` for spaces)."""
-    key = name.strip().lower().replace("_", " ").replace("-", " ")
-    for i, cls in enumerate(CLASS_NAMES):
-        if cls == key:
-            return i
-    raise ValueError(f"unknown sign class {name!r}; known: {', '.join(CLASS_NAMES)}")
+    """Index of a sign class in :data:`CLASS_NAMES` by the one class-name lookup
+    (:func:`physical_adv.classes.class_index`: case-insensitive, ``_`` or ``-`` for spaces).
+
+    Raises:
+        UserError: (a ``ValueError``) an unknown sign, naming the closest ones.
+    """
+    return lookup_class(CLASS_NAMES, name, "sign", "the built-in signs")
 
 
 def draw_sign(name: str, size: int, style: SignStyle = DEFAULT_STYLE, supersample: int = 2) -> tuple[np.ndarray, np.ndarray]:

@@ -24,6 +24,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from physical_adv.pose import posed_square
 from physical_adv.signs.designs import CLASS_NAMES, SIGN_FILL, SignStyle, draw_sign, random_style
 
 SCENE_KINDS = ("wild", "print", "sheet")
@@ -176,20 +177,16 @@ def _square(side: float) -> np.ndarray:
 
 
 def _pose(rng: np.random.Generator, centre: np.ndarray, side: float, max_rot: float, max_tilt: float, jitter: float) -> np.ndarray:
-    """Corners (TL, TR, BR, BL) of a square of ``side`` px seen rotated, tilted and jittered."""
+    """Corners (TL, TR, BR, BL) of a square of ``side`` px seen rotated, tilted and jittered
+    (the tilt and rotation rule is :func:`physical_adv.pose.posed_square`, shared with EOT)."""
     half = side / 2
     pts = np.float32([[-half, -half], [half, -half], [half, half], [-half, half]])
-    # Out-of-plane tilt: foreshorten along a random axis, with the far edge shrinking.
     tilt = math.radians(rng.uniform(0, max_tilt))
     axis = rng.uniform(0, math.pi)
     u = np.float32([math.cos(axis), math.sin(axis)])
-    along = pts @ u
-    taper = 1.0 - 0.25 * math.sin(tilt) * along / half  # perspective: far side smaller
-    pts = pts - np.outer(along * (1 - math.cos(tilt)), u)
-    pts = pts * taper[:, None]
     rot = math.radians(rng.uniform(-max_rot, max_rot))
     r = np.float32([[math.cos(rot), -math.sin(rot)], [math.sin(rot), math.cos(rot)]])
-    pts = pts @ r.T
+    pts = posed_square(pts, half, math.sin(tilt), math.cos(tilt), u, r)
     pts += rng.uniform(-jitter, jitter, pts.shape) * side
     return (pts + centre).astype(np.float32)
 
