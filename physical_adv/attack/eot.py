@@ -42,6 +42,7 @@ from physical_adv.artifacts import read_named_toml
 from physical_adv.attack.jpeg import jpeg
 from physical_adv.errors import UserError
 from physical_adv.pose import posed_square
+from physical_adv.resample import max_pyramid_level, pyramid_level
 
 Range = tuple[float, float]
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -287,8 +288,8 @@ def _draw_geometry(dist: EOTDistribution, d: _Draw, texture_size: int, out_size:
     x, y = dst[..., 0], dst[..., 1]
     area = 0.5 * (x * y.roll(-1, 1) - x.roll(-1, 1) * y).sum(1).abs()
     ratio = texture_size / area.clamp_min(1.0).sqrt()
-    max_level = int(math.floor(math.log2(max(texture_size / 4, 1))))
-    return grid_h, torch.log2(ratio).round().clamp(0, max_level).long()
+    max_level = max_pyramid_level((texture_size, texture_size), 4)
+    return grid_h, torch.from_numpy(pyramid_level(ratio.detach().cpu().numpy(), max_level)).to(ratio.device)
 
 
 def _draw_colour(dist: EOTDistribution, d: _Draw) -> tuple[torch.Tensor, torch.Tensor]:
