@@ -79,6 +79,19 @@ def test_clean_controls_are_recognised(session):
     assert accuracy >= 0.95, accuracy
 
 
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_clean_controls_are_recognised_and_tiles_found_over_several_print_and_camera_seeds(sheet, tmp_path, seed):
+    """The stochastic contracts (controls ≥ 95 %, tiles found ≥ 95 %) on three more prints and photo sets."""
+    simulate(SimulateConfig(pdf=sheet.pdf, out=tmp_path / "p", n=20, seed=seed), show_progress=False)
+    run_capture(CaptureConfig(sheet=sheet.manifest_path, images=tmp_path / "p", out=tmp_path / "s", window=False,
+                              device="cpu"), show_progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "s" / "detections.jsonl").read_text().splitlines()]
+    truth = {"02": "stop", "04": "speed limit 50"}
+    controls = [line["pred"] == truth[line["tile_id"]] for line in lines if line["found"] and line["tile_id"] in truth]
+    assert len(controls) >= 38 and np.mean(controls) >= 0.95, (len(controls), np.mean(controls))
+    assert np.mean([line["found"] for line in lines]) >= 0.95
+
+
 def test_session_records_source_model_and_totals(session):
     out, _ = session
     record = json.loads((out / "session.json").read_text())
