@@ -83,14 +83,20 @@ def test_segments_break_on_movement_and_time_gap_but_not_on_a_miss():
         _missed("01", 3),                # lost for a frame: a miss says nothing of the pose, c
         _missed("01", 4),                # c
         _found("01", 5, dx=9.0),         # found again where it was at frame 2: c
-        _found("01", 6, dx=9.0, time=100.0 + 0.04 * 5 + 1.5),  # 1.5 s later: new d
+        _found("01", 6, dx=9.0, time=100.0 + 0.04 * 5 + 1.5),  # 1.5 s later but the same pose: c
         _found("02", 7, dx=500),         # tile 02 unchanged since frame 0, 0.28 s later: b
-        _found("01", 8, dx=40.0, time=100.0 + 0.04 * 5 + 1.5),  # moved 31 px: new e
-        _missed("01", 9, time=110.0),    # 8 s later, not found: new f
-        _found("01", 10, dx=400.0, time=110.04),  # the first pose seen in f: f
+        _found("01", 8, dx=40.0, time=100.0 + 0.04 * 5 + 1.5),  # moved 31 px: new d
+        _missed("01", 9, time=110.0),    # 8 s later, not found (no pose to compare): new e
+        _found("01", 10, dx=400.0, time=110.04),  # the first pose seen in e: e
     ]
-    a, b, c, d, e, f = range(6)
-    assert assign_segments(lines, rule) == [a, b, a, c, c, c, c, d, b, e, f, f]
+    a, b, c, d, e = range(5)
+    assert assign_segments(lines, rule) == [a, b, a, c, c, c, c, c, b, d, e, e]
+
+
+def test_a_slow_camera_filming_held_poses_counts_each_pose_once():
+    """Capture processing a camera at 0.5 fps: lines 2 s apart, 10 poses held for 30 frames each."""
+    lines = [_found("01", i, dx=100.0 * (i // 30), time=100.0 + 2.0 * i) for i in range(300)]
+    assert len(set(assign_segments(lines))) == 10
 
 
 def test_a_slow_drift_stays_one_segment_but_a_jump_does_not():
@@ -110,5 +116,10 @@ def test_video_frames_are_timed_by_frame_index_not_by_processing_time():
     times = capture_times(lines, {"kind": "video", "fps": 30.0})
     assert times == pytest.approx([i / 30 for i in range(5)])
     assert len(set(assign_segments(lines, times=times))) == 1
-    assert len(set(assign_segments(lines, times=capture_times(lines, {"kind": "camera"})))) == 5  # wall clock: 2 s gaps
+    # where only the time can tell (the tile lost in every later frame), the video's own clock keeps
+    # one segment and the processing clock would cut one at every 2 s gap
+    lost = lines[:1] + [{**_missed("01", i, time=100.0 + 2.0 * i), "source": {"file": "v.mp4", "frame_index": i}}
+                        for i in range(1, 5)]
+    assert len(set(assign_segments(lost, times=capture_times(lost, {"kind": "video", "fps": 30.0})))) == 1
+    assert len(set(assign_segments(lost, times=capture_times(lost, {"kind": "camera"})))) == 5
     assert capture_times(lines, {"kind": "images"}) == [None] * 5  # a folder of photos: no capture time

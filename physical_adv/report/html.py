@@ -194,9 +194,10 @@ Clean controls: accuracy <b>{_pct(clean['accuracy']['rate'])}</b> of {clean['fou
 <h2>Tiles</h2>
 <p class="method">How the numbers are counted: {html.escape(report['denominators'])}.
 Intervals: {html.escape(report['intervals']['description'])}. A segment ends when the tile is found with its corners moved by more than
-{100 * report['intervals']['segment_rule']['max_move']:.0f} % of its apparent size, more than
-{report['intervals']['segment_rule']['max_gap_s']:g} s pass between two frames, or the session changes; a frame in which
-the tile was not found stays in its segment.
+{100 * report['intervals']['segment_rule']['max_move']:.0f} % of its apparent size (however long ago it was last found),
+when more than {report['intervals']['segment_rule']['max_gap_s']:g} s pass where the pose cannot be compared (the tile
+not found, or not yet found in the segment), or when the session changes; a frame in which the tile was not found
+otherwise stays in its segment.
 "undefined" marks a rate with no observation.</p>
 <table><tr><th>tile</th><th>kind</th><th>true</th><th>target</th><th>found</th><th>targeted</th><th>untargeted</th><th>accuracy</th></tr>
 {_tile_rows(report)}</table>

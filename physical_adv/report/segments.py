@@ -4,7 +4,8 @@ Consecutive video frames of one pose see one tile almost identically, so their o
 not independent trials. Within one capture session and for one tile, a *segment* is a run of
 consecutive log lines that continue each other: a new segment starts when the tile is found
 with its corners moved by more than a fraction of its apparent size since its previous found
-frame, when more than a gap in time passed between two frames being taken, or when the
+frame (however long ago: a held pose is one pose), when more than a gap in time passed and
+the pose cannot be compared (a miss, or no found frame yet in the segment), or when the
 session changes; frames in which the tile was not found stay in the current segment. Each
 photo of a folder is its own segment unless it repeats the previous one's pose.
 """
@@ -94,20 +95,25 @@ def continues(last_found: dict | None, line: dict, rule: SegmentRule = SegmentRu
         dt: seconds since the tile's previous line was taken, or ``None`` when unknown (then
             no time-gap rule).
 
+    The pose decides first: a found line whose corners stayed within ``rule.max_move`` of the
+    segment's latest found line continues it *whatever the time between them* (a camera
+    processed at under 1 fps, or a video without a frame rate, still films one held pose);
+    the time gap only decides where the pose cannot be compared (a miss, no earlier found
+    line in the segment).
+
     Returns:
-        ``False`` when more than ``rule.max_gap_s`` passed, or when the tile was found and its
-        corners moved by more than ``rule.max_move`` of its apparent size since ``last_found``
-        (or either line lacks ``corners_px``, as lines not written by ``capture`` may).
+        ``False`` when the tile was found and its corners moved by more than ``rule.max_move``
+        of its apparent size since ``last_found`` (or either line lacks ``corners_px``, as lines
+        not written by ``capture`` may), or, where the pose cannot be compared, when more than
+        ``rule.max_gap_s`` passed.
     """
-    if dt is not None and abs(dt) > rule.max_gap_s:
-        return False
-    if not line["found"] or last_found is None:
-        return True
-    a, b = last_found.get("corners_px"), line.get("corners_px")
-    if a is None or b is None:
-        return False
-    move = float(np.linalg.norm(np.asarray(b, np.float64) - np.asarray(a, np.float64), axis=1).max())
-    return move <= rule.max_move * apparent_size(a)
+    if line["found"] and last_found is not None:
+        a, b = last_found.get("corners_px"), line.get("corners_px")
+        if a is None or b is None:
+            return False
+        move = float(np.linalg.norm(np.asarray(b, np.float64) - np.asarray(a, np.float64), axis=1).max())
+        return move <= rule.max_move * apparent_size(a)
+    return dt is None or abs(dt) <= rule.max_gap_s
 
 
 def assign_segments(lines: list[dict], rule: SegmentRule = SegmentRule(), times: list[float | None] | None = None) -> list[int]:
