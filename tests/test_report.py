@@ -367,3 +367,15 @@ def test_html_report_opens_in_headless_chromium(html_report, tmp_path):
     for tile_id in ("01", "02", "03", "04"):
         assert f'data-tile="{tile_id}"' in dom
     assert "Uncaught" not in proc.stderr
+
+
+def test_class_names_spelled_differently_in_manifest_and_model_count_as_the_same_class(tmp_path):
+    """A manifest written with ``Stop`` / ``Speed_Limit_80`` and a model that says ``stop`` /
+    ``speed limit 80``: the report compares names by the one lookup's key, not by spelling."""
+    tiles = [_tile("01", "adversarial", "r", None, true="Stop", target="Speed_Limit_80"),
+             _tile("02", "clean", "r", None, true="Stop")]
+    lines = [_line(0, "01", _top5("speed limit 80", "stop")), _line(0, "02", _top5("stop"))]
+    report = compute_report(pool([write_capture(tmp_path / "c", tiles, lines)]))
+    by_id = {t["tile_id"]: t for t in report["tiles"]}
+    assert by_id["01"]["targeted_success"] == 1.0 and by_id["01"]["untargeted_success"] == 1.0
+    assert by_id["02"]["accuracy"] == 1.0

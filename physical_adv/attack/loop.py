@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 import torch
 
 from physical_adv.attack.threat import ThreatModel
+from physical_adv.outcome import succeeded_mask
 
 RenderViews = Callable[[torch.Tensor], torch.Tensor]  # texture (1, 3, S, S) → model batch (M, 3, h, w)
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, labels) → scalar to maximise
@@ -92,7 +93,7 @@ def optimize(
         grad = torch.autograd.grad(total, x)[0]
         with torch.no_grad():
             pred = logits.argmax(1)
-            hit = pred == batch_labels if targeted else pred != batch_labels
+            hit = succeeded_mask(pred, batch_labels, targeted)
             own = logits.gather(1, batch_labels.view(-1, 1)).squeeze(1)
             other = logits.scatter(1, batch_labels.view(-1, 1), float("-inf")).amax(1)
             margin = float((own - other).mean() if targeted else (other - own).mean())

@@ -12,7 +12,7 @@ control was found and classified correctly, which separates "the attack died in 
 
 from __future__ import annotations
 
-from physical_adv.outcome import is_fooled
+from physical_adv.outcome import in_top, is_fooled
 from physical_adv.stats import clustered_rate
 
 TOP_K = ((1, "top1"), (5, "top5"))
@@ -23,7 +23,7 @@ def correct_at(top: list[str], true_class: str, k: int) -> bool:
     fooled (``k == 1``), or the true class is among the first ``k`` names."""
     if k == 1:
         return bool(top) and not is_fooled(top[0], true_class)
-    return true_class in top[:k]
+    return in_top(top, true_class, k)
 
 
 def _photo_top(line: dict) -> list[str]:
