@@ -19,10 +19,11 @@ import numpy as np
 
 Z95 = 1.959963984540054
 METHOD = "wilson-design-effect"
+MIN_CLUSTERS_FOR_ICC = 5  # below this many segments ρ = 1 is used (each segment counts once)
 METHOD_TEXT = ("95 % Wilson interval on the effective sample size n_eff = n / (1 + (m̃ − 1)·ICC): frames are "
                "clustered into segments (runs of consecutive frames of one tile in one pose, misses included), ICC is the one-way "
-               "ANOVA estimate over the segments clipped to [0, 1] (taken as 1 when it cannot be estimated, so each "
-               "segment then counts once), m̃ = Σ size² / n; the point estimate is the per-frame rate")
+               "ANOVA estimate over the segments clipped to [0, 1] (taken as 1 when it cannot be estimated or there are "
+               "fewer than 5 segments, so each segment then counts once), m̃ = Σ size² / n; the point estimate is the per-frame rate")
 
 
 def wilson_interval(successes: float, n: float, z: float = Z95) -> tuple[float, float]:
@@ -133,8 +134,9 @@ def clustered_rate(successes: Sequence[bool], clusters: Sequence[Hashable]) -> C
 
     Returns:
         A :class:`ClusteredRate`. With every cluster a single observation it is the plain
-        Wilson interval; when ρ cannot be estimated (one cluster, or all outcomes equal) ρ = 1
-        is used, the conservative choice under which each cluster counts once.
+        Wilson interval; when ρ cannot be estimated (one cluster, or all outcomes equal) or
+        there are fewer than :data:`MIN_CLUSTERS_FOR_ICC` clusters, ρ = 1 is used, the
+        conservative choice under which each cluster counts once.
     """
     if len(successes) != len(clusters):
         raise ValueError(f"{len(successes)} outcomes but {len(clusters)} cluster labels")
@@ -146,5 +148,8 @@ def clustered_rate(successes: Sequence[bool], clusters: Sequence[Hashable]) -> C
         return ClusteredRate(0, 0, 0, None, 0.0, (0.0, 1.0))
     sizes = np.bincount(index)
     icc = icc_anova(y, index)
-    n_eff = float(n) if len(labels) == n else effective_sample_size(sizes, 1.0 if icc is None else icc)
+    # with few segments the ANOVA estimate is too noisy to trust a low value (2 segments of
+    # 150 frames can give ρ = 0 and the plain per-frame interval): use ρ = 1 there
+    trusted = icc is not None and len(labels) >= MIN_CLUSTERS_FOR_ICC
+    n_eff = float(n) if len(labels) == n else effective_sample_size(sizes, icc if trusted else 1.0)
     return ClusteredRate(k, n, len(labels), icc, n_eff, wilson_interval(k / n * n_eff, n_eff))

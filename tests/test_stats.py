@@ -22,7 +22,9 @@ def test_icc_anova_matches_hand_computed_value():
     icc = icc_anova(y, np.repeat(np.arange(3), 3))
     assert icc == pytest.approx(2 / 3)
     # n_eff = 9 / (1 + (3 − 1)·2/3) = 27/7
-    assert clustered_rate(y.astype(bool), np.repeat(np.arange(3), 3)).n_eff == pytest.approx(27 / 7)
+    assert effective_sample_size([3, 3, 3], icc) == pytest.approx(27 / 7)
+    # but 3 segments are too few to trust the estimate: the rate uses ρ = 1, each segment once
+    assert clustered_rate(y.astype(bool), np.repeat(np.arange(3), 3)).n_eff == pytest.approx(3.0)
 
 
 def test_icc_is_undefined_without_variance_and_then_each_cluster_counts_once():
@@ -123,3 +125,12 @@ def test_video_frames_are_timed_by_frame_index_not_by_processing_time():
     assert len(set(assign_segments(lost, times=capture_times(lost, {"kind": "video", "fps": 30.0})))) == 1
     assert len(set(assign_segments(lost, times=capture_times(lost, {"kind": "camera"})))) == 5
     assert capture_times(lines, {"kind": "images"}) == [None] * 5  # a folder of photos: no capture time
+
+
+def test_two_long_segments_count_as_two_trials_not_as_their_frames():
+    """Two held poses of 150 frames each at about 50 %: the ANOVA estimate of ρ from two segments
+    can come out 0, which would give the plain 300-frame interval; under 5 segments each counts once."""
+    successes = [i % 2 == 0 for i in range(150)] + [i % 2 == 1 for i in range(150)]
+    rate = clustered_rate(successes, [0] * 150 + [1] * 150)
+    assert rate.n_eff == pytest.approx(2.0)
+    assert rate.ci95[1] - rate.ci95[0] > 0.5
