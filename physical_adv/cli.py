@@ -309,6 +309,23 @@ def train_signs_cmd(
     typer.echo(f"wrote {out} ({record['train_seconds']:.0f} s" + (f", held-out accuracy {acc:.4f})" if acc is not None else ")"))
 
 
+@app.command("serve")
+def serve_cmd(
+    model: str = ModelOpt,
+    top_k: int = typer.Option(5, "--top-k", "-k", help="Labels per image at most (a request's maxResults can ask for fewer)."),
+    mode: str = typer.Option("scores", "--mode", help="What answers carry: scores (names and probabilities), labels (names only) or label (the top name only)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Anything but loopback exposes the model to the network (a warning is printed)."),
+    port: int = typer.Option(8080, "--port", help="TCP port; 0 picks a free one (the printed URL names it)."),
+    budget: Optional[int] = typer.Option(None, "--budget", help="Images each client (API key, else address) may have classified; past it requests answer 429. Default: no limit."),
+    device: str = DeviceOpt,
+    classes: Optional[str] = ClassesOpt,
+) -> None:
+    """Serve a model over HTTP like Google Cloud Vision's label detection (POST /v1/images:annotate, GET /stats) until Ctrl-C."""
+    from physical_adv.blackbox.server import ServeConfig, serve
+
+    serve(build(ServeConfig, model=model, top_k=top_k, mode=mode, host=host, port=port, budget=budget, device=device, classes=classes))
+
+
 def _fail(message: str, code: int = 2) -> None:
     one_line = " ".join(str(message).split())
     print(f"physical-adv: error: {one_line}", file=sys.stderr)
