@@ -52,7 +52,9 @@ def test_any_log_lines_give_a_report_or_one_line_error(capsys, tmp_path, lines, 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(session=st.one_of(st.text(max_size=60), json_values.map(json.dumps),
-                         st.fixed_dictionaries({"manifest": json_values, "tags": json_values}).map(json.dumps)))
+                         st.fixed_dictionaries({"manifest": json_values, "tags": json_values}).map(json.dumps),
+                         st.fixed_dictionaries({"manifest": st.just({"sheet_id": "f", "tiles": TILES}),
+                                                "model_override": json_values}).map(json.dumps)))
 def test_any_session_record_gives_a_report_or_one_line_error(capsys, tmp_path, session):
     line = {"frame": 0, "time": 1.0, "tile_id": "01", "found": True, "pred": "stop", "confidence": 0.9,
             "top5": [{"class": "stop", "prob": 0.9}], "corners_px": [[0, 0], [1, 0], [1, 1], [0, 1]], "markers_used": [0]}

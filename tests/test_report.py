@@ -379,3 +379,35 @@ def test_class_names_spelled_differently_in_manifest_and_model_count_as_the_same
     by_id = {t["tile_id"]: t for t in report["tiles"]}
     assert by_id["01"]["targeted_success"] == 1.0 and by_id["01"]["untargeted_success"] == 1.0
     assert by_id["02"]["accuracy"] == 1.0
+
+
+def test_a_capture_folder_given_twice_is_refused(tmp_path, capsys):
+    tiles = [_tile("01", "clean", "r", None)]
+    folder = write_capture(tmp_path / "c", tiles, [_line(0, "01", _top5("stop"))])
+    code, _, err = run_cli(capsys, "report", str(folder), str(tmp_path / "." / "c"), "--out", str(tmp_path / "out"))
+    assert_one_line_error(code, err, "given twice")
+
+
+def _override_capture(folder, override):
+    tiles = [_tile("01", "adversarial", "r", _top5("yield")), _tile("02", "clean", "r", _top5("stop"))]
+    folder = write_capture(folder, tiles, [_line(0, "01", _top5("stop")), _line(0, "02", _top5("stop"))])
+    record = json.loads((folder / "session.json").read_text())
+    record["model_override"] = override
+    (folder / "session.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_photos_classified_by_another_model_do_not_enter_the_destruction_rate(tmp_path):
+    report = compute_report(pool([_override_capture(tmp_path / "c", "torchvision:resnet18")]))
+    run = report["runs"][0]["destruction_top1"]
+    assert run["eligible"] is False and "capture --model" in run["reason"]
+    assert report["summary"]["destruction_top1"]["runs"] == 0
+    same = compute_report(pool([_override_capture(tmp_path / "d", "signs")]))  # the tiles' own model: still eligible
+    assert same["runs"][0]["destruction_top1"]["eligible"] is True
+
+
+def test_sessions_classified_by_different_models_are_not_pooled(tmp_path, capsys):
+    a = _override_capture(tmp_path / "a", None)
+    b = _override_capture(tmp_path / "b", "torchvision:resnet18")
+    code, _, err = run_cli(capsys, "report", str(a), str(b), "--out", str(tmp_path / "out"))
+    assert_one_line_error(code, err, "different models")

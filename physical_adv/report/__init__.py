@@ -168,6 +168,8 @@ def _manifest_problem(record) -> str | None:
         if digital is not None and not (isinstance(digital, dict) and isinstance(digital.get("top5"), list)
                                         and all(isinstance(c, str) for c in digital["top5"])):
             return f"holds tile {t['tile_id']!r} with a malformed digital prediction"
+    if not isinstance(record.get("model_override"), (str, type(None))):
+        return "holds a model_override that is not a model spec"
     if not isinstance(record.get("tags", {}), dict):
         return "holds tags that are not a KEY: VALUE table"
     return None
@@ -182,9 +184,21 @@ def pool(paths: list[str | Path], rule: SegmentRule = SegmentRule()) -> Observat
     """
     if not paths:
         raise UserError("give at least one capture directory")
+    seen: dict[Path, str] = {}
+    for p in paths:
+        key = Path(p).resolve()
+        if key in seen:  # pooled twice, its frames would count twice and every interval shrink by √2
+            raise UserError(f"capture folder {p} is given twice (also as {seen[key]}); give each session once")
+        seen[key] = str(p)
     sessions = [load_session(p) for p in paths]
+    overrides = {s.record.get("model_override") for s in sessions}
+    if len(overrides) > 1:
+        names = ", ".join(sorted("the sheet's own models" if o is None else str(o) for o in overrides))
+        raise UserError(f"these sessions were classified by different models ({names}); report them separately")
+    override = overrides.pop()
     manifest = sessions[0].record["manifest"]
-    tiles = {t["tile_id"]: t for t in manifest["tiles"]}
+    # a tile photographed under `capture --model X` was classified by X, not by its own model
+    tiles = {t["tile_id"]: ({**t, "photo_model": override} if override else t) for t in manifest["tiles"]}
     obs = Observations(sessions, tiles)
     for n, s in enumerate(sessions):
         if s.record["manifest"].get("sheet_id") != manifest.get("sheet_id"):

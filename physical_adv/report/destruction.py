@@ -34,6 +34,10 @@ def ineligibility(adv: dict, clean: dict | None, k: int) -> str | None:
     """Why a run does not enter the destruction rate at top-``k``; ``None`` when it does."""
     if clean is None:
         return "no clean control of this run on the sheet"
+    photo_model = adv.get("photo_model")
+    if photo_model is not None and photo_model != adv.get("model"):
+        return (f"the photos were classified by {photo_model} (capture --model), not by {adv.get('model')}, "
+                "whose digital classification decides eligibility")
     if not adv.get("digital") or not clean.get("digital"):
         return "the sheet recorded no digital classification (its model was unavailable)"
     if not correct_at(clean["digital"]["top5"], adv["true_class"], k):
