@@ -320,3 +320,22 @@ def test_live_window_runs_on_a_virtual_display(sheet, photos, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "without the live window" not in proc.stderr  # the window really opened
     assert json.loads((out / "session.json").read_text())["frames"] == 5
+
+
+@pytest.mark.parametrize("damage", [
+    lambda m: m["tiles"][0].pop("model"),
+    lambda m: m.pop("pages"),
+    lambda m: m.pop("sheet_id"),
+    lambda m: m["tiles"][0].__setitem__("marker_ids", [9999]),
+    lambda m: m["markers"][0].pop("center_mm"),
+    lambda m: m["page"].__setitem__("size_mm", "A4"),
+])
+def test_a_manifest_missing_a_field_is_a_one_line_error_for_capture_and_simulate(capsys, sheet, tmp_path, damage):
+    manifest = json.loads(sheet.manifest_path.read_text())
+    damage(manifest)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(manifest))
+    code, _, err = run_cli(capsys, "capture", "--sheet", bad, "--images", tmp_path, "--no-window", "--out", tmp_path / "o")
+    assert_one_line_error(code, err, "not a valid sheet manifest")
+    code, _, err = run_cli(capsys, "simulate", sheet.pdf, "--manifest", bad, "--out", tmp_path / "s", "--n", "1")
+    assert_one_line_error(code, err, "not a valid sheet manifest")
