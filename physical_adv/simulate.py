@@ -313,10 +313,15 @@ def _is_simulate_output(folder: Path) -> bool:
         return False
     if not isinstance(record, dict) or record.get("kind") != "simulate" or not isinstance(record.get("frames"), list):
         return False
-    names = {GROUND_TRUTH} | {f.get("file") for f in record["frames"] if isinstance(f, dict)}
-    if isinstance(record.get("video"), str):  # a video written into the folder itself
-        names.add(Path(record["video"]).name)
-    return all(p.name in names and p.is_file() and not p.is_symlink() for p in folder.iterdir())
+    files = {Path(GROUND_TRUTH)} | {Path(f["file"]) for f in record["frames"] if isinstance(f, dict) and isinstance(f.get("file"), str)}
+    if isinstance(record.get("video"), str) and _is_within(Path(record["video"]), folder):  # a video written inside it
+        files.add(Path(record["video"]).resolve().relative_to(folder.resolve()))
+    dirs = {parent for f in files for parent in f.parents if parent != Path(".")}
+    for p in folder.rglob("*"):
+        rel = p.relative_to(folder)
+        if p.is_symlink() or not ((p.is_file() and rel in files) or (p.is_dir() and rel in dirs)):
+            return False
+    return True
 
 
 def _check_out(out: Path) -> None:
@@ -363,12 +368,17 @@ def simulate(cfg: SimulateConfig, show_progress: bool = True) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.simulate-{secrets.token_hex(4)}"
     tmp.mkdir()  # the usual permissions (mkdtemp's would be owner-only)
+    moves: list[tuple[Path, Path]] = []
     try:
-        record = _write_photos(cfg, manifest, pages, pdf, tmp, show_progress)
+        record = _write_photos(cfg, manifest, pages, pdf, tmp, show_progress, moves)
         replace_folder(tmp, out)
+        for partial, final in moves:
+            os.replace(partial, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        for partial, _ in moves:
+            partial.unlink(missing_ok=True)
     return record
 
 
@@ -381,9 +391,19 @@ def _video_target(video: Path, out: Path, folder: Path) -> Path:
         return video
 
 
+def _is_within(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
 def _write_photos(cfg: SimulateConfig, manifest: dict, pages: list[np.ndarray], pdf: Path, folder: Path,
-                  show_progress: bool) -> dict:
-    """The photos, ground truth and optional video, written into ``folder``."""
+                  show_progress: bool, moves: list[tuple[Path, Path]]) -> dict:
+    """The photos, ground truth and optional video, written into ``folder``; a finished video
+    that belongs outside it is appended to ``moves`` (temporary, final) for the caller to
+    rename after the folder is in place."""
     rng = np.random.default_rng([cfg.seed, 0x51])
     px_per_mm = RENDER_DPI / 25.4
     printed = [_PrintedPage(_printer(rng, p, px_per_mm), px_per_mm) for p in pages]
@@ -412,8 +432,10 @@ def _write_photos(cfg: SimulateConfig, manifest: dict, pages: list[np.ndarray], 
             writer.release()
             if len(frames) < cfg.n:
                 video_tmp.unlink(missing_ok=True)
-    if video_tmp is not None:
-        os.replace(video_tmp, video)
+    if video_tmp is not None and _is_within(video, folder):
+        os.replace(video_tmp, video)  # swapped in with the photos
+    elif video_tmp is not None:
+        moves.append((video_tmp, video))  # put in place only once the photos are
     record = {"schema": 1, "kind": "simulate", "created": utc_now(), "sheet_id": manifest["sheet_id"],
               "pdf": str(pdf), "seed": cfg.seed, "n": cfg.n, "frame_size": [FRAME_W, FRAME_H],
               "max_tilt": cfg.max_tilt, "min_fill": cfg.min_fill, "allow_partial": cfg.allow_partial,

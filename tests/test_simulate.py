@@ -92,6 +92,28 @@ def test_a_video_inside_the_output_folder_is_kept_and_replaced_with_it(sheet, tm
     cap.release()
 
 
+def test_a_video_in_a_subfolder_of_the_output_does_not_make_it_foreign(sheet, tmp_path):
+    out = tmp_path / "sim"
+    simulate(SimulateConfig(pdf=sheet.pdf, out=out, n=1, video=out / "video" / "v.mp4"), show_progress=False)
+    simulate(SimulateConfig(pdf=sheet.pdf, out=out, n=1, seed=1, video=out / "video" / "v.mp4"), show_progress=False)
+    assert (out / "video" / "v.mp4").is_file()
+
+
+def test_a_failure_after_the_photos_leaves_an_outside_video_as_it_was(sheet, tmp_path, monkeypatch):
+    out, video = tmp_path / "sim", tmp_path / "v.mp4"
+    simulate(SimulateConfig(pdf=sheet.pdf, out=out, n=2, video=video), show_progress=False)
+    before, photos = video.read_bytes(), _listing(out)
+
+    def ground_truth_fails(path, obj):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(simulate_module, "atomic_write_json", ground_truth_fails)
+    with pytest.raises(OSError):
+        simulate(SimulateConfig(pdf=sheet.pdf, out=out, n=1, seed=3, video=video), show_progress=False)
+    assert video.read_bytes() == before and _listing(out) == photos  # no new video beside the old photos
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sim", "v.mp4"]
+
+
 def test_simulate_help_documents_partial_poses_and_occluders(capsys):
     code, out, _ = run_cli(capsys, "simulate", "--help")
     assert code == 0
