@@ -121,7 +121,7 @@ def attack_cmd(
     source: str = typer.Option(..., "--source", "-s", help="Image file, or sign:NAME for a built-in sign rendering."),
     target: Optional[str] = typer.Option(None, "--target", "-t", help="Target class name (untargeted when omitted)."),
     true_class: Optional[str] = typer.Option(None, "--true-class", help="The source's true class (default: the sign's class for sign:NAME, else the model's prediction on the clean image)."),
-    model: str = ModelOpt,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model spec: signs, torchvision:NAME, a TorchScript file or module:factory (default signs; with --oracle SPEC, the oracle's spec: the local model of the held-out check)."),
     classes: Optional[str] = ClassesOpt,
     eps: Optional[float] = typer.Option(None, "--eps", help="Budget: /255 units for linf (default 16); L2 norm at the model's input size for l2 (default 2.0)."),
     norm: str = typer.Option("linf", "--norm", help="linf or l2 (ignored in patch mode)."),
@@ -132,7 +132,7 @@ def attack_cmd(
     eot_name: str = typer.Option("print-camera", "--eot", help="Transformation distribution: none, digital, print-camera, print-camera-hard, or a .toml file."),
     eval_eot: Optional[str] = typer.Option(None, "--eval-eot", help="Distribution of the held-out check (default: the same as --eot; print-camera when --eot is deterministic, like none)."),
     samples: int = typer.Option(32, "--samples", help="Transformations drawn per step (the EOT batch)."),
-    steps: int = typer.Option(300, "--steps", help="Optimisation steps (stops early once the goal is held with margin)."),
+    steps: int = typer.Option(300, "--steps", help="Optimisation steps (stops early once the goal is held with margin; with --oracle the budget sets them)."),
     seed: int = typer.Option(0, "--seed", help="Seeds every random draw; held-out checks use a seed derived from it."),
     loss: str = typer.Option("ce", "--loss", help="ce (cross-entropy) or margin (C&W-style)."),
     tv: float = typer.Option(0.0, "--tv", help="Weight of the total-variation (smoothness) term."),
@@ -142,6 +142,11 @@ def attack_cmd(
     no_early_stop: bool = typer.Option(False, "--no-early-stop", help="Always run every step."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<source>-<goal>-<time>)."),
     device: str = DeviceOpt,
+    oracle: Optional[str] = typer.Option(None, "--oracle", help="Black-box: attack this model spec or label-detection URL by queries only."),
+    method: str = typer.Option("nes", "--method", help="Black-box method: nes (NES gradient estimate under EOT) or square (Square attack, L∞)."),
+    budget: Optional[int] = typer.Option(None, "--budget", help="Black-box: the most images sent to the oracle (required with --oracle)."),
+    top_k: int = typer.Option(5, "--top-k", help="Black-box: labels the oracle answers per image."),
+    mode: str = typer.Option("scores", "--mode", help="Black-box: what the oracle answers (only scores is built)."),
 ) -> None:
     """Make a perturbation or sticker that survives printing and photographing (EOT)."""
     import time as _time
@@ -159,15 +164,23 @@ def attack_cmd(
         slug = "".join(c if c.isalnum() else "-" for c in Path(source.replace("sign:", "")).stem.lower()).strip("-")
         goal = "".join(c if c.isalnum() else "-" for c in (target or "untargeted").lower())
         out = Path("runs") / f"{slug}-{goal}-{_time.strftime('%Y%m%d-%H%M%S')}"
+    if model is None:
+        if oracle is not None and oracle.strip().lower().startswith(("http://", "https://")):
+            raise UserError("a URL oracle needs --model SPEC for the held-out check (checking without a local model is not built yet)")
+        model = oracle if oracle is not None else "signs"
     cfg = build(AttackConfig, source=source, out=out, target=target, true_class=true_class, model=model, classes=classes, eps=eps, norm=norm, mask=mask, patch=patch,
                 patch_area=patch_area, patch_position=pos, eot=eot_name, eval_eot=eval_eot, samples=samples, steps=steps, seed=seed, loss=loss,
                 tv_weight=tv, nps_weight=nps, texture_size=texture_size, eval_samples=eval_samples, device=device,
-                early_stop=not no_early_stop)
+                early_stop=not no_early_stop, oracle=oracle, method=method, budget=budget, top_k=top_k, mode=mode)
     result = run_attack(cfg)
     r, m = result.record, result.record["metrics"]
     goal = f"classified as {r['target_class']}" if r["targeted"] else f"not classified as {r['true_class']}"
     typer.echo(f"{result.out}: {goal} in {success_text(m, r['eval_distribution']['name'])} "
                f"(clean image: {m['clean_eot_success']:.1%}); {m['wall_seconds']:.0f} s")
+    if "blackbox" in r:
+        bb = r["blackbox"]
+        spent = " (budget spent)" if bb["budget_exhausted"] else ""
+        typer.echo(f"black-box {bb['method']}: {bb['queries']} of {cfg.budget} queries{spent}")
     if cfg.eval_eot is None and r["eval_distribution"]["name"] != r["eot_distribution"]["name"]:
         typer.echo(f"note: {r['eval_distribution_reason']}")
 

@@ -8,7 +8,12 @@ interrupted run leaves nothing half-written) holds:
 * ``perturbation.png`` — the change, amplified for viewing;
 * ``attack.json`` — schema, config, model, classes, final metrics, versions;
 * ``progress.csv`` — one row per optimisation step;
-* ``eot_preview.png`` — held-out transformed samples with the model's prediction on each.
+* ``eot_preview.png`` — held-out transformed samples with the model's prediction on each;
+* ``queries.csv`` — black-box runs only: per step the queries spent so far, objective, batch success.
+
+A black-box run (``oracle``) optimises by queries only (:func:`optimise_blackbox`: NES through
+the shared loop, or the Square random search) and still checks its result on the local model
+``model`` over held-out print-camera draws; ``attack.json`` gains ``blackbox``.
 
 :func:`run_attack` reads as its stages: :func:`resolve_distributions` (what to optimise
 over and check on), :func:`resolve_goal` (true and target class, by the one class-name
@@ -49,6 +54,7 @@ from physical_adv.ui import console, make_progress
 SCHEMA = 1
 PATCH_SHAPES = ("square", "circle", "band")
 DEFAULT_EPS = {"linf": 16.0, "l2": 2.0}
+BLACKBOX_METHODS = ("nes", "square")
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,11 @@ class AttackConfig:
     eval_samples: int = 1000
     device: str = "auto"
     early_stop: bool = True
+    oracle: str | None = None  # black-box: a model spec or label-detection URL that is only queried
+    method: str = "nes"  # black-box method (with oracle)
+    budget: int | None = None  # black-box: most images sent to the oracle (required with oracle)
+    top_k: int = 5
+    mode: str = "scores"
 
     def __post_init__(self) -> None:
         if self.norm not in DEFAULT_EPS:
@@ -111,6 +122,22 @@ class AttackConfig:
             raise ValueError(f"texture size must be in [64, 4096], got {self.texture_size}")
         if self.eval_samples < 1:
             raise ValueError(f"eval samples must be ≥ 1, got {self.eval_samples}")
+        if self.oracle is not None:
+            self._check_blackbox()
+        elif self.budget is not None:
+            raise ValueError("--budget applies to black-box attacks: give --oracle SPEC|URL too")
+
+    def _check_blackbox(self) -> None:
+        if self.method not in BLACKBOX_METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(BLACKBOX_METHODS)}")
+        if self.budget is None or isinstance(self.budget, bool) or self.budget < 1:
+            raise ValueError(f"budget must be a positive number of queries, got {self.budget}")
+        if self.top_k < 1:
+            raise ValueError(f"top-k must be ≥ 1, got {self.top_k}")
+        if self.mode != "scores":
+            raise ValueError(f"--mode {self.mode} is not built yet (only scores)")
+        if self.method == "square" and (self.patch_mode or self.norm != "linf"):
+            raise ValueError("the Square attack in patch mode or L2 is not built yet (only L∞)")
 
     @property
     def patch_mode(self) -> bool:
@@ -264,8 +291,10 @@ def resolve_goal(cfg: AttackConfig, class_names: list[str], spec: str, clean_pre
 
 
 def build_threat(cfg: AttackConfig, mask_np: np.ndarray | None, input_size: int,
-                 device: torch.device) -> tuple[ThreatModel, Callable[[int], float]]:
-    """The threat model of ``cfg`` and its step size per step (cosine decay over the run)."""
+                 device: torch.device, steps: int | None = None) -> tuple[ThreatModel, Callable[[int], float]]:
+    """The threat model of ``cfg`` and its step size per step (cosine decay over ``steps``,
+    default ``cfg.steps``)."""
+    steps = cfg.steps if steps is None else steps
     if cfg.patch_mode:
         threat = Patch(torch.from_numpy(mask_np).to(device).view(1, 1, *mask_np.shape))
         alpha_hi, alpha_lo = 24 / 255, 1 / 255
@@ -279,7 +308,7 @@ def build_threat(cfg: AttackConfig, mask_np: np.ndarray | None, input_size: int,
         alpha_hi, alpha_lo = eps / 5, eps / 50
 
     def alpha(step: int) -> float:  # cosine decay from alpha_hi to alpha_lo
-        return alpha_lo + 0.5 * (alpha_hi - alpha_lo) * (1 + math.cos(math.pi * step / max(1, cfg.steps - 1)))
+        return alpha_lo + 0.5 * (alpha_hi - alpha_lo) * (1 + math.cos(math.pi * step / max(1, steps - 1)))
 
     return threat, alpha
 
@@ -304,9 +333,7 @@ def optimise(cfg: AttackConfig, model, clean: torch.Tensor, goal: Goal, threat: 
     regularisers = [(cfg.tv_weight, total_variation), (cfg.nps_weight, lambda x: non_printability(x, palette))]
     label = torch.tensor([goal.target_idx if goal.targeted else goal.true_idx], device=device)
 
-    def early_stop(history: list[StepReport]) -> bool:  # target held with margin for 20 straight steps
-        recent = history[-20:]
-        return cfg.early_stop and len(recent) == 20 and all(r.success >= 0.99 and r.margin >= 3.0 for r in recent)
+    early_stop = held_with_margin(cfg, 20)
 
     with make_progress(disable=not show_progress) as progress:
         task = progress.add_task("attack", total=cfg.steps, info="")
@@ -324,6 +351,77 @@ def optimise(cfg: AttackConfig, model, clean: torch.Tensor, goal: Goal, threat: 
             keep_best=True, early_stop=early_stop, callback=report,
         )
     return result, time.time() - t0
+
+
+def held_with_margin(cfg: AttackConfig, window: int) -> Callable[[list[StepReport]], bool]:
+    """The early stop: the goal held with margin (≥ 3) on ≥ 99 % of the batch for ``window`` straight steps."""
+
+    def early_stop(history: list[StepReport]) -> bool:
+        recent = history[-window:]
+        return cfg.early_stop and len(recent) == window and all(r.success >= 0.99 and r.margin >= 3.0 for r in recent)
+
+    return early_stop
+
+
+@dataclass
+class BlackboxRun:
+    """A black-box optimisation's result, its seconds, and per step the queries spent so far."""
+
+    result: LoopResult
+    seconds: float
+    queries: list[int]
+    record: dict
+
+
+def optimise_blackbox(cfg: AttackConfig, clean: torch.Tensor, goal: Goal, class_names, mask_np: np.ndarray | None,
+                      out_size: int, dist: eot.EOTDistribution, generator: torch.Generator,
+                      show_progress: bool) -> BlackboxRun:
+    """Attack the oracle of ``cfg`` by queries only: NES through the shared loop (its estimate in
+    place of autograd) or the Square random search. A spent budget ends it with the best so far."""
+    from physical_adv.attack.estimators import NESConfig, NESEstimator, ScoreObjective
+    from physical_adv.attack.square import SquareConfig, square_attack
+    from physical_adv.blackbox.target import open_target
+
+    target = open_target(cfg.oracle, cfg.mode, cfg.top_k, cfg.budget, clean.device)
+    objective = ScoreObjective(class_names[goal.true_idx], class_names[goal.target_idx] if goal.targeted else None,
+                               loss=cfg.loss)
+    queries: list[int] = []
+    try:
+        with make_progress(disable=not show_progress) as progress:
+            task = progress.add_task("queries", total=cfg.budget, info="")
+
+            def report(r: StepReport) -> None:
+                queries.append(target.queries)
+                progress.update(task, completed=target.queries, info=f"objective {r.objective:+.3f} success {r.success:.2f}")
+
+            t0 = time.time()
+            if cfg.method == "square":
+                threat, _ = build_threat(cfg, mask_np, out_size, clean.device)
+                views = views_per_step(cfg, dist)
+                result = square_attack(target, objective, clean, threat, dist, views, out_size, generator,
+                                       SquareConfig(resolution=min(out_size, cfg.texture_size)), callback=report)
+                settings = {"views": views, "p_init": SquareConfig().p_init}
+            else:
+                nes = NESConfig(pairs=max(1, min(cfg.samples, cfg.budget // 2)))
+                steps = max(1, cfg.budget // (2 * nes.pairs))
+                threat, alpha = build_threat(cfg, mask_np, out_size, clean.device, steps)
+                mask = threat.mask if isinstance(threat, Patch) else None
+                source = NESEstimator(target, objective, dist, out_size, nes, generator, mask)
+                palette = default_palette().to(clean.device)
+                regularisers = [(cfg.tv_weight, total_variation), (cfg.nps_weight, lambda x: non_printability(x, palette))]
+                result = optimize(
+                    None, clean, None, threat=threat, objective=None, steps=steps, alpha=alpha, targeted=goal.targeted,
+                    regularisers=regularisers, random_start=cfg.patch_mode, generator=generator, keep_best=True,
+                    early_stop=held_with_margin(cfg, 5), callback=report, gradient_source=source,
+                )
+                settings = {"pairs": nes.pairs, "sigma": nes.sigma, "grid": nes.grid, "momentum": nes.momentum}
+            seconds = time.time() - t0
+    finally:
+        if hasattr(target, "close"):
+            target.close()
+    record = {"method": cfg.method, "oracle": target.describe(), "queries": target.queries,
+              "budget_exhausted": result.exhausted, "settings": settings}
+    return BlackboxRun(result, seconds, queries, record)
 
 
 def evaluation_draws(cfg: AttackConfig, dist: eot.EOTDistribution) -> int:
@@ -367,15 +465,23 @@ def run_attack(cfg: AttackConfig, show_progress: bool = True) -> AttackResult:
     clean = torch.from_numpy(texture_np).permute(2, 0, 1).unsqueeze(0).float().div(255).to(device)
     clean_pred = _clean_prediction(model, clean, generator)
     goal = resolve_goal(cfg, list(model.class_names), model.spec, clean_pred)
-    threat, alpha = build_threat(cfg, mask_np, model.input_size, device)
-    result, optimise_seconds = optimise(cfg, model, clean, goal, threat, alpha, dists.optimise, generator, show_progress)
+    blackbox = None
+    if cfg.oracle is not None:
+        blackbox = optimise_blackbox(cfg, clean, goal, model.class_names, mask_np, model.input_size, dists.optimise,
+                                     generator, show_progress)
+        result, optimise_seconds = blackbox.result, blackbox.seconds
+    else:
+        threat, alpha = build_threat(cfg, mask_np, model.input_size, device)
+        result, optimise_seconds = optimise(cfg, model, clean, goal, threat, alpha, dists.optimise, generator, show_progress)
     adv = result.x.detach()
     metrics, preview_imgs, preview_probs = evaluate(cfg, model, adv, clean, dists.evaluate, held_seed, goal)
     metrics.update(optimise_seconds=round(optimise_seconds, 2), steps_run=len(result.history), best_step=result.best_step,
                    stopped_early=result.stopped_early, wall_seconds=round(time.time() - started, 2))
     record = _record(cfg, model, goal, clean_pred, dists, (opt_seed, held_seed), mask_np, metrics)
+    if blackbox is not None:
+        record["blackbox"] = blackbox.record
     _write_run_dir(out, record, clean, adv, mask_np, result, preview_imgs, preview_probs, model.class_names,
-                   goal.true_idx, goal.target_idx)
+                   goal.true_idx, goal.target_idx, blackbox.queries if blackbox is not None else None)
     return AttackResult(out, record)
 
 
@@ -454,7 +560,8 @@ def _to_uint8(t: torch.Tensor) -> np.ndarray:
     return (t.detach().clamp(0, 1).squeeze(0).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
 
 
-def _write_run_dir(out, record, clean, adv, mask, result, preview_imgs, preview_probs, class_names, true_idx, target_idx):
+def _write_run_dir(out, record, clean, adv, mask, result, preview_imgs, preview_probs, class_names, true_idx, target_idx,
+                   queries=None):
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -468,6 +575,13 @@ def _write_run_dir(out, record, clean, adv, mask, result, preview_imgs, preview_
         for r in result.history:
             writer.writerow([r.step, f"{r.objective:.5f}", f"{r.success:.4f}", f"{r.margin:.4f}", f"{r.alpha:.6f}"])
         atomic_write_bytes(tmp / "progress.csv", buf.getvalue().encode())
+        if queries is not None:  # black-box: the queries spent by each step
+            buf = io.StringIO()
+            writer = csv.writer(buf)
+            writer.writerow(["step", "queries", "objective", "batch_success"])
+            for r, q in zip(result.history, queries):
+                writer.writerow([r.step, q, f"{r.objective:.5f}", f"{r.success:.4f}"])
+            atomic_write_bytes(tmp / "queries.csv", buf.getvalue().encode())
         from physical_adv.attack.preview import eot_preview
 
         eot_preview(tmp / "eot_preview.png", preview_imgs, preview_probs, class_names, true_idx, target_idx, record)
