@@ -226,3 +226,15 @@ def test_scenes_and_eot_pose_a_square_by_the_same_rule():
                          torch.tensor(np.stack([np.cos(axis), np.sin(axis)], 1), dtype=torch.float32).unsqueeze(1),
                          torch.from_numpy(np.stack([rotation(r) for r in rot])))
     assert np.allclose(one_by_one, batch.numpy(), atol=1e-4)
+
+
+def test_a_batch_of_textures_renders_each_through_its_own_row():
+    """``render`` with ``(N, 3, S, S)`` textures equals rendering each texture alone through its row."""
+    g = torch.Generator().manual_seed(4)
+    textures = torch.rand(6, 3, 128, 128, generator=g)
+    params = eot.sample(eot.load_distribution("print-camera"), 6, 128, 64, g, torch.device("cpu"))
+    together = eot.render(textures, params)
+    for i in range(6):
+        row = eot.EOTParams(**{f.name: (v[i : i + 1] if isinstance(v, torch.Tensor) and v.shape[:1] == (6,) else v)
+                               for f in dataclasses.fields(params) for v in [getattr(params, f.name)]})
+        assert torch.allclose(together[i : i + 1], eot.render(textures[i : i + 1], row), atol=1e-6), i

@@ -367,7 +367,8 @@ def _pixel_grid(out: int, device: torch.device, dtype: torch.dtype) -> torch.Ten
 
 
 def warp_texture(texture: torch.Tensor, params: EOTParams) -> torch.Tensor:
-    """Geometry only: ``texture`` ``(1, 3, S, S)`` → ``(N, 3, out, out)``, paper white outside."""
+    """Geometry only: ``texture`` ``(1, 3, S, S)`` (one texture for every row) or ``(N, 3, S, S)``
+    (row ``i`` warps its own texture ``i``) → ``(N, 3, out, out)``, paper white outside."""
     out = params.out_size
     pix = _pixel_grid(out, texture.device, texture.dtype)
     mapped = params.grid_h.to(texture.dtype) @ pix  # (N, 3, out²)
@@ -375,12 +376,15 @@ def warp_texture(texture: torch.Tensor, params: EOTParams) -> torch.Tensor:
     levels = params.level.tolist()
     pieces, start = [], 0
     shifted = texture - 1.0  # sample (x − 1) so that zero padding reads as paper white
+    per_row = shifted.shape[0] > 1
     for lvl in sorted(set(levels)):
-        # level l of the area pyramid, pooled straight from the texture (one op, one backward)
-        level_img = F.avg_pool2d(shifted, 2**lvl) if lvl else shifted
         count = levels.count(lvl)
+        src = shifted[start : start + count] if per_row else shifted  # rows are sorted by level
+        # level l of the area pyramid, pooled straight from the texture (one op, one backward)
+        level_img = F.avg_pool2d(src, 2**lvl) if lvl else src
         g = grid[start : start + count]
-        pieces.append(F.grid_sample(level_img.expand(count, -1, -1, -1), g, mode="bilinear", padding_mode="zeros", align_corners=False))
+        pieces.append(F.grid_sample(level_img if per_row else level_img.expand(count, -1, -1, -1), g, mode="bilinear",
+                                    padding_mode="zeros", align_corners=False))
         start += count
     return (torch.cat(pieces, 0) if len(pieces) > 1 else pieces[0]) + 1.0
 
@@ -530,7 +534,9 @@ def render(texture: torch.Tensor, params: EOTParams) -> torch.Tensor:
     """Render ``texture`` through every transformation of ``params``.
 
     Args:
-        texture: ``(1, 3, S, S)`` or ``(3, S, S)`` RGB in [0, 1] at print resolution.
+        texture: ``(1, 3, S, S)`` or ``(3, S, S)`` RGB in [0, 1] at print resolution, or
+            ``(N, 3, S, S)``: one texture per row of ``params`` (black-box estimators render
+            N perturbed textures in one pass).
         params: a draw from :func:`sample` (same device).
 
     Returns:

@@ -72,29 +72,6 @@ class ScoreObjective:
         return torch.tensor(values), torch.tensor(hits), torch.tensor(margins)
 
 
-def render_rows(textures: torch.Tensor, params: eot.EOTParams) -> torch.Tensor:
-    """Like :func:`eot.render`, but row ``i`` of ``params`` renders its own texture ``textures[i]``
-    (``(N, 3, S, S)``): one batched render for N different textures (no autograd needed)."""
-    out = params.out_size
-    pix = eot._pixel_grid(out, textures.device, textures.dtype)
-    mapped = params.grid_h.to(textures.dtype) @ pix
-    grid = (mapped[:, :2] / mapped[:, 2:].clamp_min(1e-8)).transpose(1, 2).reshape(-1, out, out, 2)
-    pieces = []
-    for lvl in sorted(set(params.level.tolist())):  # rows are sorted by pyramid level
-        rows = (params.level == lvl).nonzero().view(-1)
-        shifted = textures[rows] - 1.0  # zero padding reads as paper white
-        level_img = F.avg_pool2d(shifted, 2**lvl) if lvl else shifted
-        pieces.append(F.grid_sample(level_img, grid[rows], mode="bilinear", padding_mode="zeros", align_corners=False))
-    x = torch.cat(pieces, 0) + 1.0
-    gamma = params.gamma.to(x.dtype) if bool((params.gamma != 1).any()) else None
-    x = eot._Photometric.apply(x, params.colour_a.to(x.dtype), params.colour_b.to(x.dtype), eot._light_field(params, x), gamma)
-    edge_norm = None
-    if params.blur_radius:
-        x, edge_norm = eot._blur_parts(x, params.blur_sigma, params.motion_length, params.motion_angle, params.blur_radius)
-    noise = None if params.noise is None else params.noise.to(x.dtype)
-    return eot._Sensor.apply(x, edge_norm, noise, params.jpeg_quality)
-
-
 def region_box(mask: torch.Tensor | None, size: int) -> tuple[int, int, int, int]:
     """``(y0, y1, x0, x1)``: the bounding box of the free region (the whole texture without a mask)."""
     if mask is None:
@@ -172,8 +149,8 @@ class NESEstimator:
         sigma, size, n = self.config.sigma, x.shape[-1], u.shape[0]
         with torch.no_grad():
             params = eot.sample(self.dist, n, size, self.out_size, self.generator, x.device)
-            plus = render_rows((x + sigma * u).clamp(0, 1), params)
-            minus = render_rows((x - sigma * u).clamp(0, 1), params)
+            plus = eot.render((x + sigma * u).clamp(0, 1), params)
+            minus = eot.render((x - sigma * u).clamp(0, 1), params)
         return torch.cat([plus, minus])
 
     def __call__(self, x: torch.Tensor) -> Estimate:
