@@ -124,6 +124,7 @@ class NESEstimator:
                  config: NESConfig, generator: torch.Generator, mask: torch.Tensor | None = None) -> None:
         self.target, self.objective, self.dist, self.out_size = target, objective, dist, out_size
         self.config, self.generator, self.mask = config, generator, mask
+        self._box: tuple[int, int, int, int] | None = None  # the free region's bounding box (the mask is fixed)
         self._velocity: torch.Tensor | None = None
 
     @property
@@ -133,7 +134,9 @@ class NESEstimator:
     def noise(self, x: torch.Tensor) -> torch.Tensor:
         """``(pairs, 3, S, S)`` unit-Gaussian directions in the basis, zero outside the free region."""
         n, size = self.config.pairs, x.shape[-1]
-        y0, y1, x0, x1 = region_box(self.mask, size)
+        if self._box is None:
+            self._box = region_box(self.mask, size)
+        y0, y1, x0, x1 = self._box
         g = self.config.grid
         if g is None:
             u = torch.randn(n, 3, y1 - y0, x1 - x0, generator=self.generator, device=x.device)
