@@ -329,8 +329,7 @@ def optimise(cfg: AttackConfig, model, clean: torch.Tensor, goal: Goal, threat: 
 
     loss_fn = OBJECTIVES[cfg.loss]
     objective = lambda logits, y: loss_fn(logits, y, goal.targeted)  # noqa: E731
-    palette = default_palette().to(device)
-    regularisers = [(cfg.tv_weight, total_variation), (cfg.nps_weight, lambda x: non_printability(x, palette))]
+    regularisers = build_regularisers(cfg, device)
     label = torch.tensor([goal.target_idx if goal.targeted else goal.true_idx], device=device)
 
     early_stop = held_with_margin(cfg, 20)
@@ -351,6 +350,12 @@ def optimise(cfg: AttackConfig, model, clean: torch.Tensor, goal: Goal, threat: 
             keep_best=True, early_stop=early_stop, callback=report,
         )
     return result, time.time() - t0
+
+
+def build_regularisers(cfg: AttackConfig, device: torch.device) -> list[tuple[float, Callable]]:
+    """The weighted smoothness (TV) and printability (NPS, Sharif et al. 2016) terms of ``cfg``."""
+    palette = default_palette().to(device)
+    return [(cfg.tv_weight, total_variation), (cfg.nps_weight, lambda x: non_printability(x, palette))]
 
 
 def held_with_margin(cfg: AttackConfig, window: int) -> Callable[[list[StepReport]], bool]:
@@ -407,8 +412,7 @@ def optimise_blackbox(cfg: AttackConfig, clean: torch.Tensor, goal: Goal, class_
                 threat, alpha = build_threat(cfg, mask_np, out_size, clean.device, steps)
                 mask = threat.mask if isinstance(threat, Patch) else None
                 source = NESEstimator(target, objective, dist, out_size, nes, generator, mask)
-                palette = default_palette().to(clean.device)
-                regularisers = [(cfg.tv_weight, total_variation), (cfg.nps_weight, lambda x: non_printability(x, palette))]
+                regularisers = build_regularisers(cfg, clean.device)
                 result = optimize(
                     None, clean, None, threat=threat, objective=None, steps=steps, alpha=alpha, targeted=goal.targeted,
                     regularisers=regularisers, random_start=cfg.patch_mode, generator=generator, keep_best=True,
