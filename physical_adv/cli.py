@@ -143,10 +143,12 @@ def attack_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<source>-<goal>-<time>)."),
     device: str = DeviceOpt,
     oracle: Optional[str] = typer.Option(None, "--oracle", help="Black-box: attack this model spec or label-detection URL by queries only."),
-    method: str = typer.Option("nes", "--method", help="Black-box method: nes (NES gradient estimate under EOT) or square (Square attack, L∞)."),
+    method: str = typer.Option("nes", "--method", help="Black-box method: nes (NES gradient estimate under EOT), square (Square attack, L∞), partial (targeted partial information: start from an image of the target, shrink ε; Ilyas et al. 2018) or label-only (partial information on a rank proxy; --mode labels or label)."),
     budget: Optional[int] = typer.Option(None, "--budget", help="Black-box: the most images sent to the oracle (required with --oracle)."),
     top_k: int = typer.Option(5, "--top-k", help="Black-box: labels the oracle answers per image."),
-    mode: str = typer.Option("scores", "--mode", help="Black-box: what the oracle answers (only scores is built)."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="Black-box: what the oracle answers: scores (nes, square, partial; the default) or labels / label (label-only; default label)."),
+    start: Optional[str] = typer.Option(None, "--start", help="Black-box partial / label-only: an image of the target class to start from (default sign:TARGET for a sign class)."),
+    nes_schedule: str = typer.Option("cosine", "--nes-schedule", help="Black-box NES step sizes: cosine (decay over the budget) or plateau (halve after a plateau; Ilyas et al. 2018)."),
 ) -> None:
     """Make a perturbation or sticker that survives printing and photographing (EOT)."""
     import time as _time
@@ -171,7 +173,9 @@ def attack_cmd(
     cfg = build(AttackConfig, source=source, out=out, target=target, true_class=true_class, model=model, classes=classes, eps=eps, norm=norm, mask=mask, patch=patch,
                 patch_area=patch_area, patch_position=pos, eot=eot_name, eval_eot=eval_eot, samples=samples, steps=steps, seed=seed, loss=loss,
                 tv_weight=tv, nps_weight=nps, texture_size=texture_size, eval_samples=eval_samples, device=device,
-                early_stop=not no_early_stop, oracle=oracle, method=method, budget=budget, top_k=top_k, mode=mode)
+                early_stop=not no_early_stop, oracle=oracle, method=method, budget=budget, top_k=top_k,
+                mode=mode if mode is not None else ("label" if method == "label-only" else "scores"), start=start,
+                nes_schedule=nes_schedule)
     result = run_attack(cfg)
     r, m = result.record, result.record["metrics"]
     goal = f"classified as {r['target_class']}" if r["targeted"] else f"not classified as {r['true_class']}"

@@ -102,7 +102,7 @@ def test_blackbox_eot_sticker_run_counts_queries_and_makes_a_sheetable_run(capsy
 @pytest.mark.parametrize("args, fragment", [
     (["--method", "spsa", "--budget", "100"], "unknown method"),
     (["--budget", "0"], "budget"),
-    (["--budget", "100", "--mode", "labels"], "not built yet"),
+    (["--budget", "100", "--mode", "labels"], "works on --mode scores"),
 ])
 def test_bad_blackbox_input_is_one_line_and_leaves_no_run_dir(capsys, tmp_path, args, fragment):
     out = tmp_path / "run"

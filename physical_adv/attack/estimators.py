@@ -6,7 +6,8 @@ The objective is a function of what the target answers: in ``scores`` mode, the 
 probability ``floor``. :class:`NESEstimator` estimates its gradient with respect to the
 texture by antithetic Gaussian sampling (Ilyas et al. 2018, "query-limited"), optionally in a
 coarse grid basis, and under EOT: each antithetic pair is rendered through one sampled
-print-camera transformation, so the estimate is of the *expected* objective.
+print-camera transformation, so the estimate is of the *expected* objective. In ``labels`` and
+``label`` modes :class:`LabelProxyObjective` stands in for the scores (Ilyas et al. §3.3).
 """
 
 from __future__ import annotations
@@ -71,6 +72,68 @@ class ScoreObjective:
             hits.append(float(attack_succeeded(top, self.true_class, self.target_class)))
         return torch.tensor(values), torch.tensor(hits), torch.tensor(margins)
 
+    def measure(self, target: QueryTarget, images: torch.Tensor,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Query ``target`` with ``images`` ``(N, 3, h, w)`` (N queries) and :meth:`evaluate` the answers."""
+        return self.evaluate(target.query(images))
+
+
+@dataclass(frozen=True)
+class LabelProxyConfig:
+    """The label-only proxy (Ilyas et al. 2018 §3.3): ``copies`` noisy copies per image, each
+    with uniform noise in [−``noise``, ``noise``] per pixel (at the model's input)."""
+
+    copies: int = 10
+    noise: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.copies < 1:
+            raise ValueError(f"label-only copies must be ≥ 1, got {self.copies}")
+        if not 0 < self.noise <= 1:
+            raise ValueError(f"label-only noise must be in (0, 1], got {self.noise:g}")
+
+
+@dataclass(frozen=True)
+class LabelProxyObjective:
+    """The label-only proxy score of an image, from names alone (``labels`` or ``label`` mode).
+
+    Ilyas et al. 2018 §3.3: S(x) = E_δ[R(x + δ)] over uniform noise δ, with R = (k − rank) / k
+    for the goal class at 0-based ``rank`` among the k names answered, 0 when it is not among
+    them; with one name (``label`` mode) R is the top-1 hit. Targeted: maximise S for the target;
+    untargeted: maximise 1 − S for the true class. Every noisy copy is one query.
+    """
+
+    true_class: str
+    target_class: str | None = None
+    config: LabelProxyConfig = LabelProxyConfig()
+
+    @property
+    def targeted(self) -> bool:
+        return self.target_class is not None
+
+    def rank_score(self, labels: list[Label]) -> float:
+        """R of one answer: (k − rank) / k for the goal class, 0 when absent."""
+        own = self.target_class if self.targeted else self.true_class
+        k = len(labels)
+        for rank, label in enumerate(labels):
+            if same_class(label.description, own):
+                return (k - rank) / k
+        return 0.0
+
+    def measure(self, target: QueryTarget, images: torch.Tensor,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per image of ``images`` ``(N, 3, h, w)``: ``(proxy objective, top-1 success rate over the
+        copies, proxy)``, each ``(N,)``; costs ``N · copies`` queries."""
+        n, c = images.shape[0], self.config.copies
+        noise = torch.rand((c, *images.shape), generator=generator, device=images.device, dtype=images.dtype)
+        noisy = (images.unsqueeze(0) + (2 * noise - 1) * self.config.noise).clamp(0, 1).reshape(c * n, *images.shape[1:])
+        answers = target.query(noisy)
+        scores = torch.tensor([self.rank_score(labels) for labels in answers]).view(c, n).mean(0)
+        hits = torch.tensor([float(attack_succeeded(labels[0].description if labels else "", self.true_class,
+                                                    self.target_class)) for labels in answers]).view(c, n).mean(0)
+        values = scores if self.targeted else 1 - scores
+        return values, hits, values
+
 
 def region_box(mask: torch.Tensor | None, size: int) -> tuple[int, int, int, int]:
     """``(y0, y1, x0, x1)``: the bounding box of the free region (the whole texture without a mask)."""
@@ -112,7 +175,7 @@ class NESEstimator:
 
     Args:
         target: the query target (its budget ends the loop via :class:`SourceExhausted`).
-        objective: the objective on the target's answers.
+        objective: the objective on the target's answers (its ``measure`` sends the queries).
         dist: the transformations (a deterministic one renders the plain texture view).
         out_size: side of the images sent (the model input size).
         config: :class:`NESConfig`.
@@ -120,7 +183,7 @@ class NESEstimator:
         mask: ``(1, 1, S, S)`` free region (patch mode), or ``None``.
     """
 
-    def __init__(self, target: QueryTarget, objective: ScoreObjective, dist: eot.EOTDistribution, out_size: int,
+    def __init__(self, target: QueryTarget, objective: ScoreObjective | LabelProxyObjective, dist: eot.EOTDistribution, out_size: int,
                  config: NESConfig, generator: torch.Generator, mask: torch.Tensor | None = None) -> None:
         self.target, self.objective, self.dist, self.out_size = target, objective, dist, out_size
         self.config, self.generator, self.mask = config, generator, mask
@@ -161,10 +224,9 @@ class NESEstimator:
         u = self.noise(x)
         images = self.renders(x, u)
         try:
-            answers = self.target.query(images)
+            values, hits, margins = self.objective.measure(self.target, images, self.generator)
         except BudgetExhausted:
             raise SourceExhausted() from None
-        values, hits, margins = self.objective.evaluate(answers)
         n = u.shape[0]
         diff = (values[:n] - values[n:]).to(x.device, x.dtype)
         grad = (diff.view(n, 1, 1, 1) * u).sum(0, keepdim=True) / (2 * self.config.sigma * n)

@@ -11,8 +11,9 @@ interrupted run leaves nothing half-written) holds:
 * ``eot_preview.png`` — held-out transformed samples with the model's prediction on each;
 * ``queries.csv`` — black-box runs only: per step the queries spent so far, objective, batch success.
 
-A black-box run (``oracle``) optimises by queries only (:func:`optimise_blackbox`: NES through
-the shared loop, or the Square random search) and still checks its result on the local model
+A black-box run (``oracle``) optimises by queries only (:func:`run_blackbox`, then
+:func:`physical_adv.attack.blackbox_run.query_attack`: NES through the shared loop, the Square
+random search, partial information or label-only) and still checks its result on the local model
 ``model`` over held-out print-camera draws; ``attack.json`` gains ``blackbox``.
 
 :func:`run_attack` reads as its stages: :func:`resolve_distributions` (what to optimise
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 
 from physical_adv.artifacts import atomic_write_bytes, atomic_write_json, software_versions, utc_now
-from physical_adv.attack import eot
+from physical_adv.attack import eot, schedules
 from physical_adv.attack.loop import LoopResult, StepReport, optimize
 from physical_adv.attack.objectives import OBJECTIVES, default_palette, non_printability, total_variation
 from physical_adv.attack.threat import L2Ball, LinfBall, Patch, ThreatModel
@@ -54,7 +55,6 @@ from physical_adv.ui import console, make_progress
 SCHEMA = 1
 PATCH_SHAPES = ("square", "circle", "band")
 DEFAULT_EPS = {"linf": 16.0, "l2": 2.0}
-BLACKBOX_METHODS = ("nes", "square")
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,8 @@ class AttackConfig:
     budget: int | None = None  # black-box: most images sent to the oracle (required with oracle)
     top_k: int = 5
     mode: str = "scores"
+    start: str | None = None  # partial / label-only: an image of the target class (default sign:TARGET)
+    nes_schedule: str = "cosine"  # NES step sizes: cosine or plateau (Ilyas et al.)
 
     def __post_init__(self) -> None:
         if self.norm not in DEFAULT_EPS:
@@ -128,16 +130,22 @@ class AttackConfig:
             raise ValueError("--budget applies to black-box attacks: give --oracle SPEC|URL too")
 
     def _check_blackbox(self) -> None:
-        if self.method not in BLACKBOX_METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(BLACKBOX_METHODS)}")
+        from physical_adv.attack.blackbox_run import NES_SCHEDULES, check_method, queries_per_estimate
+
+        check_method(self.method, self.mode, targeted=self.target is not None, patch_mode=self.patch_mode,
+                     norm=self.norm)
         if self.budget is None or isinstance(self.budget, bool) or self.budget < 1:
             raise ValueError(f"budget must be a positive number of queries, got {self.budget}")
         if self.top_k < 1:
             raise ValueError(f"top-k must be ≥ 1, got {self.top_k}")
-        if self.mode != "scores":
-            raise ValueError(f"--mode {self.mode} is not built yet (only scores)")
-        if self.method == "square" and (self.patch_mode or self.norm != "linf"):
-            raise ValueError("the Square attack in patch mode or L2 is not built yet (only L∞)")
+        need = queries_per_estimate(self.method, 1)
+        if self.budget < need:
+            raise ValueError(f"a budget of {self.budget} queries is too small for one {self.method} step "
+                             f"(at least {need} queries)")
+        if self.nes_schedule not in NES_SCHEDULES:
+            raise ValueError(f"NES schedule must be one of {', '.join(NES_SCHEDULES)}, got {self.nes_schedule!r}")
+        if self.start is not None and self.method not in ("partial", "label-only"):
+            raise ValueError("--start applies to --method partial and label-only")
 
     @property
     def patch_mode(self) -> bool:
@@ -262,7 +270,7 @@ def resolve_distributions(cfg: AttackConfig) -> Distributions:
     return Distributions(dist, dist, "the same as --eot (no --eval-eot given)")
 
 
-def resolve_goal(cfg: AttackConfig, class_names: list[str], spec: str, clean_pred: int) -> Goal:
+def resolve_goal(cfg: AttackConfig, class_names: list[str], spec: str, clean_pred: int, owner: str | None = None) -> Goal:
     """The true and target class indices, by the one class-name lookup (:mod:`physical_adv.classes`).
 
     The true class is ``--true-class`` when given; for ``sign:NAME`` the sign's own class
@@ -270,9 +278,10 @@ def resolve_goal(cfg: AttackConfig, class_names: list[str], spec: str, clean_pre
     file the model's prediction on the clean image.
 
     Raises:
-        UserError: an unknown class name, or a target equal to the true class.
+        UserError: an unknown class name (``owner`` names whose names were searched), or a
+        target equal to the true class.
     """
-    owner = f"model {spec}"
+    owner = owner or f"model {spec}"
     if cfg.true_class:
         true_idx, true_from = class_index(class_names, cfg.true_class, "true", owner), "--true-class"
     elif cfg.source.startswith("sign:"):
@@ -293,23 +302,15 @@ def resolve_goal(cfg: AttackConfig, class_names: list[str], spec: str, clean_pre
 def build_threat(cfg: AttackConfig, mask_np: np.ndarray | None, input_size: int,
                  device: torch.device, steps: int | None = None) -> tuple[ThreatModel, Callable[[int], float]]:
     """The threat model of ``cfg`` and its step size per step (cosine decay over ``steps``,
-    default ``cfg.steps``)."""
+    default ``cfg.steps``, between :func:`~physical_adv.attack.schedules.step_sizes`)."""
     steps = cfg.steps if steps is None else steps
     if cfg.patch_mode:
         threat = Patch(torch.from_numpy(mask_np).to(device).view(1, 1, *mask_np.shape))
-        alpha_hi, alpha_lo = 24 / 255, 1 / 255
     elif cfg.norm == "linf":
-        eps = cfg.eps_value / 255
-        threat = LinfBall(eps)
-        alpha_hi, alpha_lo = eps / 4, eps / 40
+        threat = LinfBall(cfg.eps_value / 255)
     else:  # L2 measured at the model's input: area-downsampling by k divides a smooth change's norm by k
-        eps = cfg.eps_value * cfg.texture_size / input_size
-        threat = L2Ball(eps)
-        alpha_hi, alpha_lo = eps / 5, eps / 50
-
-    def alpha(step: int) -> float:  # cosine decay from alpha_hi to alpha_lo
-        return alpha_lo + 0.5 * (alpha_hi - alpha_lo) * (1 + math.cos(math.pi * step / max(1, steps - 1)))
-
+        threat = L2Ball(cfg.eps_value * cfg.texture_size / input_size)
+    alpha = schedules.cosine(*schedules.step_sizes(threat), steps)
     return threat, alpha
 
 
@@ -359,73 +360,58 @@ def build_regularisers(cfg: AttackConfig, device: torch.device) -> list[tuple[fl
 
 
 def held_with_margin(cfg: AttackConfig, window: int) -> Callable[[list[StepReport]], bool]:
-    """The early stop: the goal held with margin (≥ 3) on ≥ 99 % of the batch for ``window`` straight steps."""
-
-    def early_stop(history: list[StepReport]) -> bool:
-        recent = history[-window:]
-        return cfg.early_stop and len(recent) == window and all(r.success >= 0.99 and r.margin >= 3.0 for r in recent)
-
-    return early_stop
+    """The early stop of ``cfg`` (:func:`physical_adv.attack.schedules.held_with_margin`, off with ``--no-early-stop``)."""
+    return schedules.held_with_margin(window, cfg.early_stop)
 
 
-@dataclass
-class BlackboxRun:
-    """A black-box optimisation's result, its seconds, and per step the queries spent so far."""
-
-    result: LoopResult
-    seconds: float
-    queries: list[int]
-    record: dict
+def _is_url(spec: str) -> bool:
+    return spec.strip().lower().startswith(("http://", "https://"))
 
 
-def optimise_blackbox(cfg: AttackConfig, clean: torch.Tensor, goal: Goal, class_names, mask_np: np.ndarray | None,
-                      out_size: int, dist: eot.EOTDistribution, generator: torch.Generator,
-                      show_progress: bool) -> BlackboxRun:
-    """Attack the oracle of ``cfg`` by queries only: NES through the shared loop (its estimate in
-    place of autograd) or the Square random search. A spent budget ends it with the best so far."""
-    from physical_adv.attack.estimators import NESConfig, NESEstimator, ScoreObjective
-    from physical_adv.attack.square import SquareConfig, square_attack
+def _goal_owner(cfg: AttackConfig, spec: str) -> str:
+    """Whose class names the goal is looked up in (a URL oracle's are taken to be ``--model``'s)."""
+    if cfg.oracle is not None and _is_url(cfg.oracle):
+        return f"model {spec} (a URL oracle is taken to answer --model's class names)"
+    return f"model {spec}"
+
+
+def start_image(cfg: AttackConfig, target_class: str, device: torch.device) -> torch.Tensor | None:
+    """The partial-information start ``(1, 3, S, S)``: ``--start``, else ``sign:TARGET`` when
+    the target is a sign class; ``None`` for methods that need none."""
+    if cfg.method not in ("partial", "label-only") or cfg.target is None:
+        return None
+    source = cfg.start
+    if source is None:
+        try:
+            source = f"sign:{SIGN_CLASSES[sign_class_index(target_class)]}"
+        except UserError:
+            raise UserError(f"--method {cfg.method} starts from an image of the target class: give --start IMAGE "
+                            f"(no built-in sign is called {target_class!r})") from None
+    img = _square_texture(load_image(source), cfg.texture_size)
+    return torch.from_numpy(img).permute(2, 0, 1).unsqueeze(0).float().div(255).to(device)
+
+
+def run_blackbox(cfg: AttackConfig, model, clean: torch.Tensor, goal: Goal, mask_np: np.ndarray | None,
+                 dist: eot.EOTDistribution, generator: torch.Generator, show_progress: bool):
+    """Open the oracle of ``cfg``, check it can answer the goal's classes, and attack it by
+    queries only (:func:`physical_adv.attack.blackbox_run.optimise_blackbox`)."""
+    from physical_adv.attack.blackbox_run import optimise_blackbox
     from physical_adv.blackbox.target import open_target
 
+    names = model.class_names
+    true_class = names[goal.true_idx]
+    target_class = names[goal.target_idx] if goal.targeted else None
+    start = start_image(cfg, target_class, clean.device) if target_class is not None else None
     target = open_target(cfg.oracle, cfg.mode, cfg.top_k, cfg.budget, clean.device)
-    objective = ScoreObjective(class_names[goal.true_idx], class_names[goal.target_idx] if goal.targeted else None,
-                               loss=cfg.loss)
-    queries: list[int] = []
-    try:
-        with make_progress(disable=not show_progress) as progress:
-            task = progress.add_task("queries", total=cfg.budget, info="")
-
-            def report(r: StepReport) -> None:
-                queries.append(target.queries)
-                progress.update(task, completed=target.queries, info=f"objective {r.objective:+.3f} success {r.success:.2f}")
-
-            t0 = time.time()
-            if cfg.method == "square":
-                threat, _ = build_threat(cfg, mask_np, out_size, clean.device)
-                views = views_per_step(cfg, dist)
-                result = square_attack(target, objective, clean, threat, dist, views, out_size, generator,
-                                       SquareConfig(resolution=min(out_size, cfg.texture_size)), callback=report)
-                settings = {"views": views, "p_init": SquareConfig().p_init}
-            else:
-                nes = NESConfig(pairs=max(1, min(cfg.samples, cfg.budget // 2)))
-                steps = max(1, cfg.budget // (2 * nes.pairs))
-                threat, alpha = build_threat(cfg, mask_np, out_size, clean.device, steps)
-                mask = threat.mask if isinstance(threat, Patch) else None
-                source = NESEstimator(target, objective, dist, out_size, nes, generator, mask)
-                regularisers = build_regularisers(cfg, clean.device)
-                result = optimize(
-                    None, clean, None, threat=threat, objective=None, steps=steps, alpha=alpha, targeted=goal.targeted,
-                    regularisers=regularisers, random_start=cfg.patch_mode, generator=generator, keep_best=True,
-                    early_stop=held_with_margin(cfg, 5), callback=report, gradient_source=source,
-                )
-                settings = {"pairs": nes.pairs, "sigma": nes.sigma, "grid": nes.grid, "momentum": nes.momentum}
-            seconds = time.time() - t0
-    finally:
-        if hasattr(target, "close"):
-            target.close()
-    record = {"method": cfg.method, "oracle": target.describe(), "queries": target.queries,
-              "budget_exhausted": result.exhausted, "settings": settings}
-    return BlackboxRun(result, seconds, queries, record)
+    oracle_names = getattr(target, "class_names", None)
+    if oracle_names is not None:  # a model oracle: its own names (the local --model may differ)
+        owner = f"oracle {cfg.oracle}"
+        true_class = oracle_names[class_index(list(oracle_names), true_class, "true", owner)]
+        if target_class is not None:
+            target_class = oracle_names[class_index(list(oracle_names), target_class, "target", owner)]
+    threat, _ = build_threat(cfg, mask_np, model.input_size, clean.device)
+    return optimise_blackbox(cfg, target, clean, true_class, target_class, threat, model.input_size, dist, generator,
+                             build_regularisers(cfg, clean.device), start, show_progress)
 
 
 def evaluation_draws(cfg: AttackConfig, dist: eot.EOTDistribution) -> int:
@@ -468,11 +454,10 @@ def run_attack(cfg: AttackConfig, show_progress: bool = True) -> AttackResult:
     generator = torch.Generator(device=device).manual_seed(opt_seed)
     clean = torch.from_numpy(texture_np).permute(2, 0, 1).unsqueeze(0).float().div(255).to(device)
     clean_pred = _clean_prediction(model, clean, generator)
-    goal = resolve_goal(cfg, list(model.class_names), model.spec, clean_pred)
+    goal = resolve_goal(cfg, list(model.class_names), model.spec, clean_pred, _goal_owner(cfg, model.spec))
     blackbox = None
     if cfg.oracle is not None:
-        blackbox = optimise_blackbox(cfg, clean, goal, model.class_names, mask_np, model.input_size, dists.optimise,
-                                     generator, show_progress)
+        blackbox = run_blackbox(cfg, model, clean, goal, mask_np, dists.optimise, generator, show_progress)
         result, optimise_seconds = blackbox.result, blackbox.seconds
     else:
         threat, alpha = build_threat(cfg, mask_np, model.input_size, device)
