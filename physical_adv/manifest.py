@@ -1,4 +1,11 @@
-"""Reading sheet manifests (written by :mod:`physical_adv.sheet`, read by simulate and capture)."""
+"""Reading sheet manifests (written by :mod:`physical_adv.sheet`, read by simulate, capture and report).
+
+An adversarial tile's ``blackbox`` entry says how its run was optimised: ``null`` for a
+white-box run (gradients of the model), else the run's black-box record (``attack.json``'s
+``blackbox``): ``{"method", "queries", "budget", "budget_exhausted", "oracle"}``. Manifests
+written before the entry existed lack it; they still load, and :func:`attack_label` says
+"not recorded" for them.
+"""
 
 from __future__ import annotations
 
@@ -38,6 +45,45 @@ def read_manifest(path: str | Path) -> dict:
     return manifest
 
 
+BLACKBOX_METHOD_NAMES = {"nes": "NES", "square": "Square"}
+NOT_RECORDED = "not recorded"
+
+
+def blackbox_entry(record: dict) -> dict | None:
+    """A tile's ``blackbox`` manifest entry from its run's ``attack.json`` record (``None``: white-box)."""
+    bb = record.get("blackbox")
+    if not isinstance(bb, dict):
+        return None
+    oracle = bb.get("oracle") if isinstance(bb.get("oracle"), dict) else {}
+    return {"method": bb.get("method"), "queries": bb.get("queries"), "budget": oracle.get("budget"),
+            "budget_exhausted": bb.get("budget_exhausted"), "oracle": oracle}
+
+
+def blackbox_problem(tile: dict) -> str | None:
+    """What is wrong with a tile's ``blackbox`` entry, or ``None`` (absent and ``null`` are fine)."""
+    bb = tile.get("blackbox")
+    if bb is None:
+        return None
+    if not (isinstance(bb, dict) and isinstance(bb.get("method"), str) and isinstance(bb.get("queries"), int)
+            and not isinstance(bb.get("queries"), bool) and bb["queries"] >= 0):
+        return f"tile {tile.get('tile_id')}'s blackbox entry lacks a method name or a whole number of queries"
+    return None
+
+
+def attack_label(tile: dict) -> str | None:
+    """How a tile's image was made, in words: ``"black-box NES, 10,000 queries"``, ``"white-box"``,
+    :data:`NOT_RECORDED` (a manifest from before the entry existed), or ``None`` for a clean control."""
+    if tile.get("kind") == "clean":
+        return None
+    if "blackbox" not in tile:
+        return NOT_RECORDED
+    bb = tile["blackbox"]
+    if bb is None:
+        return "white-box"
+    method = BLACKBOX_METHOD_NAMES.get(bb["method"], bb["method"])
+    return f"black-box {method}, {bb['queries']:,} queries"
+
+
 def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -68,4 +114,7 @@ def _shape_problem(m: dict) -> str | None:
             return f"tile {t.get('tile_id') if isinstance(t, dict) else t!r} lacks tile_id, page, kind, model, true_class, bbox_mm or marker_ids"
         if not set(t["marker_ids"]) <= ids:
             return f"tile {t['tile_id']} names markers the manifest does not place"
+        problem = blackbox_problem(t)
+        if problem:
+            return problem
     return None

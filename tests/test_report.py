@@ -3,6 +3,7 @@ HTML file, on capture folders written by hand (the demo's own report is tested i
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -411,3 +412,65 @@ def test_sessions_classified_by_different_models_are_not_pooled(tmp_path, capsys
     b = _override_capture(tmp_path / "b", "torchvision:resnet18")
     code, _, err = run_cli(capsys, "report", str(a), str(b), "--out", str(tmp_path / "out"))
     assert_one_line_error(code, err, "different models")
+
+
+# --- black-box tiles (issue 11 item 4): the report says which attacks were black-box and at what query count ----
+
+NES_10K = {"method": "nes", "queries": 10000, "budget": 10000, "budget_exhausted": True,
+           "oracle": {"kind": "model", "spec": "signs", "mode": "scores", "top_k": 5, "budget": 10000, "queries": 10000}}
+
+
+def _blackbox_tiles():
+    """RUNS with run A black-box (NES, 10,000 queries), run B white-box, runs C and D from an older
+    manifest that does not say."""
+    tiles = [dict(t) for t in RUNS]
+    tiles[0]["blackbox"], tiles[1]["blackbox"] = NES_10K, None
+    tiles[2]["blackbox"], tiles[3]["blackbox"] = None, None
+    return tiles
+
+
+def test_report_says_per_tile_which_attack_was_black_box_and_its_queries(tmp_path, capsys):
+    capture = write_capture(tmp_path / "c", _blackbox_tiles(), _hand_log())
+    code, out, err = run_cli(capsys, "report", capture)
+    assert code == 0, err
+    tiles = {t["tile_id"]: t for t in json.loads((capture / "report.json").read_text())["tiles"]}
+    assert [tiles[k]["attack"] for k in ("01", "02", "03", "05", "07")] == [
+        "black-box NES, 10,000 queries", None, "white-box", "not recorded", "not recorded"]
+    assert tiles["01"]["blackbox"] == NES_10K and tiles["03"]["blackbox"] is None and tiles["05"]["blackbox"] is None
+    assert "attack" in out and "white-box" in out and "black-box" in out and "10,000" in out  # the table may wrap a cell
+    html_text = (capture / "report.html").read_text()
+    assert '<td class="attack">black-box NES, 10,000 queries</td>' in html_text
+    assert html_text.count('<td class="attack">white-box</td>') == 1
+    assert html_text.count('<td class="attack">not recorded</td>') == 2
+
+
+def test_a_malformed_blackbox_entry_in_the_session_is_one_line_error(tmp_path, capsys):
+    tiles = _blackbox_tiles()
+    tiles[0]["blackbox"] = {"method": "nes"}  # no query count
+    code, _, err = run_cli(capsys, "report", write_capture(tmp_path / "c", tiles, _hand_log()))
+    assert_one_line_error(code, err, "blackbox entry")
+
+
+def test_a_black_box_run_on_a_simulated_photo_is_reported_as_black_box(tmp_path, capsys):
+    """End to end on real parts: a tiny black-box run (40 queries) and a white-box run on one sheet,
+    one simulated photo (the held-out renderer), capture, report."""
+    from physical_adv.attack.runner import AttackConfig, run_attack
+    from physical_adv.capture import CaptureConfig, run_capture
+    from physical_adv.report import ReportConfig, run_report
+    from physical_adv.sheet import SheetConfig, make_sheet
+    from physical_adv.simulate import SimulateConfig, simulate
+
+    common = dict(source="sign:stop", target="speed limit 80", patch="square", patch_area=0.1, samples=4,
+                  eval_samples=10, texture_size=128, device="cpu")
+    bb = run_attack(AttackConfig(out=tmp_path / "bb", oracle="signs", budget=40, **common), show_progress=False)
+    wb = run_attack(AttackConfig(out=tmp_path / "wb", steps=2, **common), show_progress=False)
+    sheet = make_sheet(SheetConfig(runs=(str(bb.out), str(wb.out)), out=tmp_path / "s.pdf", previews=False))
+    simulate(SimulateConfig(pdf=sheet.pdf, out=tmp_path / "photos", n=1, seed=0, max_tilt=10))
+    capture = run_capture(CaptureConfig(sheet=sheet.manifest_path, images=tmp_path / "photos", out=tmp_path / "cap",
+                                        window=False, device="cpu"))
+    report, *_ = run_report(ReportConfig(captures=(capture.out,)))
+    attack = {Path(t["run"]).name + ":" + t["kind"]: t["attack"] for t in report["tiles"]}
+    assert attack == {"bb:adversarial": "black-box NES, 40 queries", "bb:clean": None,
+                      "wb:adversarial": "white-box", "wb:clean": None}
+    assert all(t["found"] == 1 for t in report["tiles"])  # the labelled sheet is still located in the photo
+    assert next(t for t in report["tiles"] if t["attack"] and t["attack"].startswith("black-box"))["blackbox"]["queries"] == 40

@@ -281,3 +281,64 @@ def test_a_full_disk_is_one_line_error_naming_the_file_being_written(capsys, run
     assert_one_line_error(code, err, "the disk is full")
     assert ".json" in err and str(tmp_path) in err  # the manifest's write is the first to flush
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+# --- black-box runs on a sheet (issue 11 item 4): the manifest and the page say how each tile was made ---------
+
+
+@pytest.fixture(scope="module")
+def blackbox_sheet(runs, tmp_path_factory):
+    """A sheet of a tiny black-box NES sticker run (40 queries) beside a white-box run."""
+    root = tmp_path_factory.mktemp("bb")
+    cfg = AttackConfig(source="sign:stop", out=root / "bb", target="speed limit 80", patch="square", patch_area=0.1,
+                       samples=4, eval_samples=10, texture_size=128, device="cpu", oracle="signs", budget=40)
+    bb_run = run_attack(cfg, show_progress=False)
+    return bb_run.record, make_sheet(SheetConfig(runs=(str(bb_run.out), runs[0]), out=root / "s.pdf"))
+
+
+def test_the_manifest_records_each_tiles_blackbox_method_oracle_and_queries(blackbox_sheet):
+    record, sheet = blackbox_sheet
+    tiles = json.loads(sheet.manifest_path.read_text())["tiles"]
+    bb = tiles[0]["blackbox"]
+    assert bb["method"] == "nes" and bb["queries"] == record["blackbox"]["queries"] == 40
+    assert bb["budget"] == 40 and bb["oracle"]["spec"] == "signs" and bb["oracle"]["mode"] == "scores"
+    assert [t["blackbox"] for t in tiles[1:]] == [None, None, None]  # its clean control, the white-box run and its control
+
+
+def test_the_page_labels_the_blackbox_tile_with_its_method_and_queries(blackbox_sheet):
+    import pypdfium2
+
+    _, sheet = blackbox_sheet
+    pdf = pypdfium2.PdfDocument(str(sheet.pdf))
+    text = pdf[0].get_textpage().get_text_range()
+    pdf.close()
+    assert text.count("black-box NES, 40 queries") == 1  # the black-box tile only, not its control or the white-box run
+    # the label does not cost a marker: every tile is still located on the rendered page
+    found = detect(render_pages(sheet.pdf, 200)[0], name=sheet.manifest["aruco_dictionary"])
+    assert {mk["id"] for mk in sheet.manifest["markers"]} <= found.ids()
+
+
+def test_a_manifest_from_before_the_blackbox_entry_still_loads(blackbox_sheet, tmp_path):
+    from physical_adv.manifest import attack_label, read_manifest
+
+    _, sheet = blackbox_sheet
+    m = json.loads(sheet.manifest_path.read_text())
+    assert [attack_label(t) for t in m["tiles"]] == ["black-box NES, 40 queries", None, "white-box", None]
+    for t in m["tiles"]:
+        del t["blackbox"]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(m))
+    assert [attack_label(t) for t in read_manifest(old)["tiles"]] == ["not recorded", None, "not recorded", None]
+
+
+def test_a_malformed_blackbox_entry_is_a_clean_error(blackbox_sheet, tmp_path):
+    from physical_adv.errors import UserError
+    from physical_adv.manifest import read_manifest
+
+    _, sheet = blackbox_sheet
+    m = json.loads(sheet.manifest_path.read_text())
+    m["tiles"][0]["blackbox"] = {"method": "nes", "queries": "many"}
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(m))
+    with pytest.raises(UserError, match="blackbox entry"):
+        read_manifest(bad)

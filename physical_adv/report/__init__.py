@@ -10,6 +10,10 @@ which its page was in view (capture logs no line for a tile whose page was not s
 as older captures logged them, is not counted either). Every *survival* rate (targeted and
 untargeted success, accuracy, destruction rate) is over the observations in which the tile
 was found.
+
+Each adversarial tile says how it was made (``attack``: "white-box", "black-box NES, 10,000
+queries", or "not recorded" for a sheet from before the manifest carried it) and carries its
+black-box record (``blackbox``), both read from the manifest copy.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 
 from physical_adv.artifacts import atomic_write_json, read_json, software_versions, utc_now
 from physical_adv.errors import UserError
+from physical_adv.manifest import attack_label, blackbox_problem
 from physical_adv.outcome import attack_succeeded, is_fooled
 from physical_adv.report.destruction import destruction_rates
 from physical_adv.report.segments import SegmentRule, assign_segments, capture_times
@@ -168,6 +173,9 @@ def _manifest_problem(record) -> str | None:
         if digital is not None and not (isinstance(digital, dict) and isinstance(digital.get("top5"), list)
                                         and all(isinstance(c, str) for c in digital["top5"])):
             return f"holds tile {t['tile_id']!r} with a malformed digital prediction"
+        problem = blackbox_problem(t)
+        if problem:
+            return f"holds a {problem}"
     if not isinstance(record.get("model_override"), (str, type(None))):
         return "holds a model_override that is not a model spec"
     if not isinstance(record.get("tags", {}), dict):
@@ -237,7 +245,8 @@ def tile_stats(tile: dict, lines: list[dict]) -> dict:
             rates["targeted_success"] = _rate(found, lambda l: attack_succeeded(l["pred"], true, target))
     return {
         "tile_id": tile["tile_id"], "kind": tile["kind"], "run": tile["run"], "true_class": true,
-        "target_class": target, "frames": len(lines), "found": len(found),
+        "target_class": target, "attack": attack_label(tile), "blackbox": tile.get("blackbox"),
+        "frames": len(lines), "found": len(found),
         **{name: rates[name]["rate"] if name in rates else None
            for name in ("detection_rate", "targeted_success", "untargeted_success", "accuracy")},
         "mean_confidence": (sum(l["confidence"] for l in found) / len(found)) if found else None,

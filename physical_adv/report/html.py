@@ -37,7 +37,8 @@ def survival_plot(report: dict) -> str:
         if t["kind"] == "clean":
             rows.append((f"{t['tile_id']} clean {t['true_class']}: accuracy", t["accuracy"], t["ci"].get("accuracy"), "#57606a"))
         else:
-            rows.append((f"{t['tile_id']} ADV {t['true_class']}: not {t['true_class']}", t["untargeted_success"], t["ci"].get("untargeted_success"), "#cf222e"))
+            how = f" ({t['attack']})" if (t.get("attack") or "").startswith("black-box") else ""
+            rows.append((f"{t['tile_id']} ADV{how} {t['true_class']}: not {t['true_class']}", t["untargeted_success"], t["ci"].get("untargeted_success"), "#cf222e"))
             if t["target_class"]:
                 rows.append((f"{t['tile_id']} ADV → {t['target_class']}", t["targeted_success"], t["ci"].get("targeted_success"), "#8250df"))
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1))
@@ -93,11 +94,12 @@ def _run_config(tile: dict) -> str:
     if record_path.is_file():
         try:
             record = json.loads(record_path.read_text())
-            body = json.dumps({"config": record.get("config"), "metrics": record.get("metrics")}, indent=2)
+            body = json.dumps({"config": record.get("config"), "blackbox": record.get("blackbox"),
+                               "metrics": record.get("metrics")}, indent=2)
         except (OSError, json.JSONDecodeError):
             body = "(attack.json unreadable)"
     else:
-        body = json.dumps({k: tile.get(k) for k in ("model", "threat", "eot", "dpi", "digital")}, indent=2) + "\n(run directory not present here)"
+        body = json.dumps({k: tile.get(k) for k in ("model", "threat", "eot", "dpi", "digital", "blackbox")}, indent=2) + "\n(run directory not present here)"
     return f"<details><summary>{html.escape(tile['run'])}</summary><pre>{html.escape(body)}</pre></details>"
 
 
@@ -115,7 +117,8 @@ def _tile_rows(report: dict) -> str:
                         for name in ("targeted_success", "untargeted_success", "accuracy"))
         rows.append(
             f'<tr data-tile="{t["tile_id"]}"><td>{t["tile_id"]}</td><td>{t["kind"]}</td><td>{html.escape(t["true_class"])}</td>'
-            f'<td>{html.escape(t["target_class"] or "–") if t["kind"] == "adversarial" else "–"}</td><td>{t["found"]}/{t["frames"]}</td>'
+            f'<td>{html.escape(t["target_class"] or "–") if t["kind"] == "adversarial" else "–"}</td>'
+            f'<td class="attack">{html.escape(t.get("attack") or "–")}</td><td>{t["found"]}/{t["frames"]}</td>'
             f'{cells}</tr>')
     return "".join(rows)
 
@@ -199,7 +202,7 @@ when more than {report['intervals']['segment_rule']['max_gap_s']:g} s pass where
 not found, or not yet found in the segment), or when the session changes; a frame in which the tile was not found
 otherwise stays in its segment.
 "undefined" marks a rate with no observation.</p>
-<table><tr><th>tile</th><th>kind</th><th>true</th><th>target</th><th>found</th><th>targeted</th><th>untargeted</th><th>accuracy</th></tr>
+<table><tr><th>tile</th><th>kind</th><th>true</th><th>target</th><th>attack</th><th>found</th><th>targeted</th><th>untargeted</th><th>accuracy</th></tr>
 {_tile_rows(report)}</table>
 <img alt="survival per tile" src="{survival_plot(report)}">
 {_destruction_section(report)}

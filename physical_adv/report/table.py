@@ -65,11 +65,11 @@ def print_table(report: dict) -> None:
     """Print the tiles' rates, the destruction rates and warnings to the terminal."""
     table = Table(title=f"sheet {report['sheet_id']}: survival over found frames; 95 % Wilson intervals on the "
                         "effective sample size of clustered frames (design effect over segments)")
-    for col in ("tile", "kind", "true → target", "found", "targeted", "untargeted", "accuracy"):
-        table.add_column(col)
+    for col in ("tile", "kind", "true → target", "attack", "found", "targeted", "untargeted", "accuracy"):
+        table.add_column(col, min_width=9 if col == "attack" else None)  # "black-box" / "white-box" never cut
     for t in report["tiles"]:
         goal = t["true_class"] + (f" → {t['target_class']}" if t["target_class"] and t["kind"] == "adversarial" else "")
-        table.add_row(t["tile_id"], t["kind"], goal, f"{t['found']}/{t['frames']}",
+        table.add_row(t["tile_id"], t["kind"], goal, t.get("attack") or UNDEFINED, f"{t['found']}/{t['frames']}",
                       cell(t["targeted_success"], t["ci"].get("targeted_success")),
                       cell(t["untargeted_success"], t["ci"].get("untargeted_success")),
                       cell(t["accuracy"], t["ci"].get("accuracy")))

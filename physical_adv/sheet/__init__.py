@@ -1,7 +1,9 @@
 """``physical-adv sheet``: attack runs → a printable PDF with markers, and its manifest.
 
 The manifest (``NAME.json``, schema 1) is everything capture needs; coordinates are in
-millimetres from each page's top-left corner, x to the right, y down.
+millimetres from each page's top-left corner, x to the right, y down. Each adversarial tile
+records whether its run was black-box, by which method and at what query count
+(``blackbox``, see :mod:`physical_adv.manifest`), and its label on the page says so.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import cv2
 from physical_adv.artifacts import atomic_write_bytes, commit_files, read_json, software_versions, utc_now
 from physical_adv.errors import UserError
 from physical_adv.images import load_image
+from physical_adv.manifest import blackbox_entry
 from physical_adv.markers import DEFAULT_DICTIONARY, dictionary_size
 from physical_adv.sheet.layout import Template, load_template, place
 from physical_adv.sheet.render import render_pages
@@ -119,6 +122,7 @@ def make_sheet(cfg: SheetConfig) -> Sheet:
             "dpi": round(img.shape[1] / (slot.tile[2] / 25.4), 1),
             "threat": rec.get("threat"), "eot": rec.get("config", {}).get("eot"),
             "digital": digital[n],
+            "blackbox": blackbox_entry(rec) if kind == "adversarial" else None,
         })
         for marker_id, centre in zip(ids, slot.markers):
             markers.append({"id": marker_id, "page": slot.page, "center_mm": list(centre), "size_mm": template.marker_mm})

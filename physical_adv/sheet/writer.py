@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from physical_adv.manifest import attack_label
 from physical_adv.markers import marker_cells
 
 MM_TO_PT = 72.0 / 25.4
@@ -36,6 +37,16 @@ def draw_marker(c, marker_id: int, centre_mm: tuple[float, float], size_mm: floa
                 col += 1
             x, y_top = x0 + start * cell, y0 + r * cell
             c.rect(_pt(x), _pt(page_h_mm - y_top - cell), _pt((col - start) * cell), _pt(cell), stroke=0, fill=1)
+
+
+def draw_fitted_line(c, text: str, centre_x_mm: float, baseline_mm: float, width_mm: float, size: float = 6.5) -> None:
+    """Draw ``text`` centred at ``centre_x_mm``, its font shrunk so that it spans at most
+    ``width_mm`` (the tile's width: it never reaches the markers' quiet zone)."""
+    from reportlab.pdfbase.pdfmetrics import stringWidth
+
+    size = min(size, size * _pt(width_mm) * 0.95 / max(1e-6, stringWidth(text, "Helvetica", size)))
+    c.setFont("Helvetica", size)
+    c.drawCentredString(_pt(centre_x_mm), _pt(baseline_mm), text)
 
 
 def draw_scale_bar(c, x_mm: float, y_mm: float, page_h_mm: float) -> None:
@@ -90,7 +101,10 @@ def write_pdf(path: Path, manifest: dict, images: dict[str, np.ndarray], templat
             else:
                 goal = f"{tile['true_class']} -> {tile['target_class']}" if tile["target_class"] else f"not {tile['true_class']}"
                 label = f"{tile['tile_id']}  ADV  {goal}"
-            c.drawCentredString(_pt(x + tw / 2), _pt(h_mm - (y + th + template.quiet_mm + template.marker_mm / 2) - 1.0), label)
+            label_y = y + th + template.quiet_mm + template.marker_mm / 2
+            c.drawCentredString(_pt(x + tw / 2), _pt(h_mm - label_y - 1.0), label)
+            if tile.get("blackbox"):  # a second line: made by queries, and how many
+                draw_fitted_line(c, attack_label(tile), x + tw / 2, h_mm - label_y - 3.8, tw)
         for marker in (m for m in manifest["markers"] if m["page"] == page):
             draw_marker(c, marker["id"], marker["center_mm"], marker["size_mm"], h_mm, manifest["aruco_dictionary"])
         draw_scale_bar(c, template.margin_mm, h_mm - template.margin_mm - template.footer_mm + 6.0, h_mm)
