@@ -134,3 +134,88 @@ def test_blackbox_attack_through_http_end_to_end(capsys, tmp_path):
     bb = json.loads((out / "attack.json").read_text())["blackbox"]
     assert bb["oracle"]["kind"] == "http" and bb["queries"] <= 200
     assert served.queries == bb["queries"]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--method", "label-only", "--mode", "scores", "--budget", "100", "-t", "speed limit 80"], "works on --mode labels or label"),
+    (["--method", "partial", "--mode", "label", "--budget", "100", "-t", "speed limit 80"], "works on --mode scores"),
+    (["--method", "label-only", "--budget", "5", "-t", "speed limit 80"], "too small"),
+    (["--method", "partial", "--budget", "100"], "targeted"),
+    (["--method", "partial", "--budget", "100", "-t", "speed limit 80", "--start", "no/such/file.png"], "no/such/file.png"),
+    (["--method", "nes", "--budget", "100", "--start", "sign:stop"], "--start applies"),
+    (["--budget", "-3"], "budget"),
+])
+def test_bad_method_settings_are_one_line_and_leave_no_run_dir(capsys, tmp_path, args, fragment):
+    out = tmp_path / "run"
+    code, _, err = _attack(capsys, out, "--oracle", "signs", *args)
+    assert_one_line_error(code, err, fragment)
+    assert not list(tmp_path.iterdir())
+
+
+def test_unreachable_url_oracle_is_one_line_error(capsys, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a loopback port that was free a moment ago and now has no listener
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, _, err = _attack(capsys, tmp_path / "run", "--oracle", f"http://127.0.0.1:{port}", "--model", "signs",
+                           "--eot", "none", "--eps", "16", "--budget", "100")
+    assert_one_line_error(code, err, "cannot connect")
+    assert not list(tmp_path.iterdir())
+
+
+def test_oracle_answering_garbage_is_one_line_error(capsys, tmp_path):
+    from fastapi import FastAPI
+    from fastapi.responses import PlainTextResponse
+
+    from physical_adv.blackbox.server import running_server
+
+    junk = FastAPI()
+
+    @junk.post("/v1/images:annotate")
+    def annotate():
+        return PlainTextResponse("<html>teapot</html>")
+
+    with running_server(junk) as url:
+        code, _, err = _attack(capsys, tmp_path / "run", "--oracle", url, "--model", "signs", "--eot", "none",
+                               "--eps", "16", "--budget", "100")
+    assert_one_line_error(code, err, "not a label-detection response")
+    assert not list(tmp_path.iterdir())
+
+
+def test_class_the_model_oracle_never_answers_is_one_line_error(capsys, tmp_path):
+    import warnings
+
+    class Net(torch.nn.Module):  # a local model whose classes the oracle (signs) does not have
+        def forward(self, x):
+            m = x.mean((1, 2, 3))
+            return torch.stack([m, 1 - m], 1)
+
+    model, classes = tmp_path / "net.pt", tmp_path / "classes.txt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(Net()).save(str(model))
+    classes.write_text("stop sign\nstreet sign\n")
+    tmp_path = tmp_path / "runs"
+    tmp_path.mkdir()
+    code, _, err = _attack(capsys, tmp_path / "run", "--oracle", "signs", "--model", model, "--classes", classes,
+                           "--true-class", "stop sign", "-t", "street sign", "--eot", "none", "--budget", "100")
+    assert_one_line_error(code, err, "oracle signs")
+    assert "'stop sign'" in err and not list(tmp_path.iterdir())
+
+
+def test_class_a_url_oracle_is_checked_against_the_local_models_names(capsys, tmp_path):
+    code, _, err = _attack(capsys, tmp_path / "run", "--oracle", "http://127.0.0.1:9", "--model", "signs",
+                           "-t", "banana", "--budget", "100")
+    assert_one_line_error(code, err, "--model's class names")
+    assert not list(tmp_path.iterdir())
+
+
+def test_partial_cli_run_records_method_settings_and_queries(capsys, tmp_path):
+    out = tmp_path / "run"
+    code, _, err = _attack(capsys, out, "-t", "speed limit 80", "--oracle", "signs", "--method", "partial",
+                           "--top-k", "1", "--eot", "none", "--eps", "32", "--budget", "200", "--samples", "10")
+    assert code == 0, err
+    bb = json.loads((out / "attack.json").read_text())["blackbox"]
+    assert bb["method"] == "partial" and bb["budget"] == 200 and bb["queries"] == bb["oracle"]["queries"] <= 200
+    assert bb["settings"]["mode"] == "scores" and "eps_reached_255" in bb["settings"] and "budget_exhausted" in bb

@@ -216,10 +216,14 @@ def optimise_blackbox(cfg, target: QueryTarget, clean: torch.Tensor, true_class:
                 progress.update(task, completed=target.queries, info=f"objective {r.objective:+.3f} success {r.success:.2f}")
 
             t0 = time.time()
-            result = query_attack(target, clean, true_class, target_class, method=cfg.method, threat=threat, dist=dist,
-                                  out_size=out_size, views=views, generator=generator, loss=cfg.loss,
-                                  regularisers=regularisers, start=start, callback=report,
-                                  schedule=cfg.nes_schedule, early_stop=held_with_margin(5, cfg.early_stop))
+            try:
+                result = query_attack(target, clean, true_class, target_class, method=cfg.method, threat=threat,
+                                      dist=dist, out_size=out_size, views=views, generator=generator, loss=cfg.loss,
+                                      regularisers=regularisers, start=start, callback=report,
+                                      schedule=cfg.nes_schedule, early_stop=held_with_margin(5, cfg.early_stop))
+            except BaseException:  # an error is the one line the CLI prints: no half-drawn bar before it
+                progress.update(task, visible=False)
+                raise
             seconds = time.time() - t0
     finally:
         if hasattr(target, "close"):

@@ -405,7 +405,7 @@ def run_blackbox(cfg: AttackConfig, model, clean: torch.Tensor, goal: Goal, mask
     target = open_target(cfg.oracle, cfg.mode, cfg.top_k, cfg.budget, clean.device)
     oracle_names = getattr(target, "class_names", None)
     if oracle_names is not None:  # a model oracle: its own names (the local --model may differ)
-        owner = f"oracle {cfg.oracle}"
+        owner = f"oracle {cfg.oracle} (it never answers that name)"
         true_class = oracle_names[class_index(list(oracle_names), true_class, "true", owner)]
         if target_class is not None:
             target_class = oracle_names[class_index(list(oracle_names), target_class, "target", owner)]
