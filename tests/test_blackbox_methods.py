@@ -61,13 +61,13 @@ def test_partial_information_makes_the_target_top1_within_the_final_eps(signs_mo
     eps = 32 / 255
     target, counter = counted_target("scores", 1, None)
     result = query_attack(target, clean, "stop", "speed limit 80", method="partial", threat=LinfBall(eps), dist=NONE,
-                          out_size=64, views=50, generator=torch.Generator().manual_seed(0), start=start, budget=6000,
+                          out_size=64, views=50, generator=torch.Generator().manual_seed(0), start=start, budget=3000,
                           nes=NESConfig(pairs=50, sigma=0.02, grid=32, momentum=0.9))
     assert result.reached and result.final_eps == pytest.approx(eps)
     assert float((result.x - clean).abs().max()) <= eps + 1e-6
     with torch.no_grad():
         assert CLASS_NAMES[int(signs_model(result.x).argmax(1))] == "speed limit 80"
-    assert target.queries == counter.images <= 6000
+    assert target.queries == counter.images <= 3000  # measured: 1,616
 
 
 def test_partial_information_that_runs_out_returns_a_point_in_the_final_ball(stop_and_start):

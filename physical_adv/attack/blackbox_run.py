@@ -18,7 +18,7 @@ Information"; Andriushchenko et al. 2020):
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import torch
@@ -244,8 +244,9 @@ def method_settings(cfg, views: int, result: LoopResult) -> dict:
                 "mode": cfg.mode}
     if cfg.method == "nes":
         settings["schedule"] = cfg.nes_schedule
-    if hasattr(result, "final_eps"):
-        settings.update(eps_reached_255=round(result.final_eps * 255, 3), reached=result.reached)
+    if hasattr(result, "final_eps"):  # the partial-information schedule
+        settings.update(eps_reached_255=round(result.final_eps * 255, 3), reached=result.reached,
+                        schedule=asdict(PartialConfig()))
     if cfg.method == "label-only":
         settings.update(copies=LabelProxyConfig().copies, noise=LabelProxyConfig().noise)
     return settings
