@@ -3,7 +3,7 @@
 Usage:
     OMP_NUM_THREADS=1 python benchmarks/blackbox_eot.py --json [--out curve.json] [--eps 32] [--budget 100000]
         [--checkpoints 1000,2000,5000,10000,20000,50000,100000] [--pairs 50] [--wb-samples 32] [--wb-steps 300]
-        [--compare-budget 10000] [--texture-size 512] [--eval-samples 1000] [--seed 0] [--device cpu]
+        [--compare-budget 10000] [--loss ce|margin] [--texture-size 512] [--eval-samples 1000] [--seed 0] [--device cpu]
     OMP_NUM_THREADS=1 python benchmarks/blackbox_eot.py --sticker --runs DIR --json [--out stickers.json]
         [--seeds 0,1,2] [--areas 0.1,0.05,0.25] [--budget 10000] [--pairs 50] [--texture-size 512]
 
@@ -12,7 +12,9 @@ Usage:
 
 * One NES run (:class:`NESEstimator`, ``--pairs`` antithetic pairs per estimate, each pair through
   one print-camera draw; 16×16 grid basis, σ = 0.05, momentum 0.5: the CLI's settings) through the
-  one loop (:func:`physical_adv.attack.loop.optimize`) with a ``--budget`` of queries, its step size
+  one loop (:func:`physical_adv.attack.loop.optimize`) with a ``--budget`` of queries, the objective
+  ``--loss`` on the answered scores (:class:`ScoreObjective`: ``ce`` = −log p(stop), ``margin`` = the
+  best other returned class's log-probability minus stop's, capped at 5), its step size
   the runner's cosine decay over the budget's ``budget / (2·pairs)`` steps, early stop off. The
   gradient source is wrapped (:class:`Snapshots`): when the query count first reaches a checkpoint
   the current iterate, and the best one so far by the loop's own ``keep_best`` rule (batch success,
@@ -21,7 +23,7 @@ Usage:
   ``--compare-budget`` run, a separate NES run with that budget and its own full schedule.
 * The white-box EOT run (autograd through the same loop, ``--wb-samples`` views per step, cross
   entropy, cosine over ``--wb-steps``: the CLI's default attack, 300 steps, early stop off),
-  snapshotted the same way per step.
+  snapshotted the same way per step (``--wb-steps 0``: not run).
 * **Step-equivalent rule**: one white-box step ≙ one NES estimate, i.e. ``2·pairs`` queries
   (100 with 50 pairs). Per step the white-box run renders ``--wb-samples`` views (one forward and one
   backward pass); one NES estimate renders ``2·pairs`` views through ``pairs`` transformations
@@ -122,7 +124,7 @@ class HeldOut:
 
 def _setup(args):
     """The runner's stages up to the optimisation: config, distributions, model, clean texture, goal, seeds."""
-    cfg = AttackConfig(source="sign:stop", out=Path("unused"), eps=args.eps, oracle="signs", budget=args.budget,
+    cfg = AttackConfig(source="sign:stop", out=Path("unused"), eps=args.eps, oracle="signs", budget=args.budget, loss=args.loss,
                        samples=args.pairs, texture_size=args.texture_size, eval_samples=args.eval_samples,
                        seed=args.seed, device=args.device, early_stop=False)
     dists = resolve_distributions(cfg)
@@ -191,7 +193,7 @@ def curve(args) -> dict:
     per_estimate = 2 * args.pairs
     out = {"settings": {"source": "sign:stop", "goal": "untargeted", "eps_255": args.eps, "oracle": "signs, scores, top-5",
                         "budget": args.budget, "pairs": args.pairs, "sigma": NESConfig().sigma, "grid": NESConfig().grid,
-                        "momentum": NESConfig().momentum, "texture_size": args.texture_size,
+                        "momentum": NESConfig().momentum, "nes_loss": args.loss, "texture_size": args.texture_size,
                         "eval_samples": args.eval_samples, "eval": "held-out print-camera draws (the runner's held-out "
                         "seed, fresh noise)", "seed": args.seed, "wb_samples": args.wb_samples, "wb_steps": args.wb_steps,
                         "nes_schedule": f"cosine step over the budget's {args.budget // per_estimate} estimates",
@@ -206,13 +208,8 @@ def curve(args) -> dict:
     out["nes"] = [{"queries": s["count"], "current": held(s["current"]), "best_so_far": held(s["best"])} for s in snaps.taken]
     out["nes_queries_spent"] = spent
     _log(out["nes"], "NES", "queries")
-    wb_steps = sorted({c // per_estimate for c in checkpoints if c // per_estimate <= args.wb_steps} | {args.wb_steps})
-    wsnaps, _, wsecs = whitebox_run(cfg, dists, model, clean, goal, opt_seed, args.wb_steps, args.wb_samples, wb_steps)
-    out["seconds"]["whitebox"] = round(wsecs, 1)
-    out["whitebox"] = [{"step": s["count"], "query_equivalent": s["count"] * per_estimate,
-                        "views_rendered": s["count"] * args.wb_samples, "current": held(s["current"]),
-                        "best_so_far": held(s["best"])} for s in wsnaps.taken]
-    _log(out["whitebox"], "white-box", "step")
+    if args.wb_steps:
+        whitebox_curve(args, out, cfg, dists, model, clean, goal, opt_seed, held, checkpoints)
     if args.compare_budget:
         csnaps, cres, cspent, csecs = nes_run(cfg, dists, model, clean, goal, opt_seed, args.compare_budget, args.pairs,
                                               [c for c in checkpoints if c <= args.compare_budget])
@@ -223,6 +220,20 @@ def curve(args) -> dict:
         _log(out["compare"]["checkpoints"], f"NES {args.compare_budget}-budget run", "queries")
     out["seconds"]["total"] = round(time.time() - t0, 1)
     return out
+
+
+def whitebox_curve(args, out, cfg, dists, model, clean, goal, opt_seed, held, checkpoints) -> None:
+    """The white-box EOT run (cross entropy on logits, whatever ``--loss``), at the NES checkpoints'
+    step-equivalents up to ``--wb-steps``, into ``out["whitebox"]``."""
+    per_estimate = 2 * args.pairs
+    wb_steps = sorted({c // per_estimate for c in checkpoints if c // per_estimate <= args.wb_steps} | {args.wb_steps})
+    wcfg = AttackConfig(**{**cfg.__dict__, "loss": "ce"})
+    wsnaps, _, wsecs = whitebox_run(wcfg, dists, model, clean, goal, opt_seed, args.wb_steps, args.wb_samples, wb_steps)
+    out["seconds"]["whitebox"] = round(wsecs, 1)
+    out["whitebox"] = [{"step": s["count"], "query_equivalent": s["count"] * per_estimate,
+                        "views_rendered": s["count"] * args.wb_samples, "current": held(s["current"]),
+                        "best_so_far": held(s["best"])} for s in wsnaps.taken]
+    _log(out["whitebox"], "white-box", "step")
 
 
 def _log(rows, name, key):
@@ -288,6 +299,7 @@ def main(argv=None) -> None:
     p.add_argument("--budget", type=int, default=None, help="queries (default 100000; sticker mode 10000)")
     p.add_argument("--checkpoints", default="1000,2000,5000,10000,20000,50000,100000")
     p.add_argument("--pairs", type=int, default=50, help="antithetic pairs per NES estimate (the CLI's --samples)")
+    p.add_argument("--loss", default="ce", help="NES objective on the answered scores: ce or margin")
     p.add_argument("--wb-samples", type=int, default=32)
     p.add_argument("--wb-steps", type=int, default=300)
     p.add_argument("--compare-budget", type=int, default=10000, help="a separate NES run with this budget (0: none)")
