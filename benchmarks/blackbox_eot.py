@@ -45,7 +45,7 @@ and the query count at which the batch success (the estimate's own noisy renders
 
 JSON keys (curve): settings, step_equivalent, nes: [{queries, current, best_so_far}], whitebox:
 [{step, query_equivalent, views_rendered, current, best_so_far}], compare: {budget, final, best,
-checkpoints}, seconds, where each evaluation is {success, wilson, k, n}.
+checkpoints}, seconds, where each evaluation is {success, wilson, k, n, mean_true_prob}.
 JSON keys (sticker): settings, runs: [{area, seed, run, success, wilson, queries, first_full_batch,
 optimise_seconds, texture_size}], by_area: {area: {median, min, max, seeds, median_queries,
 first_full_batch}}.
@@ -119,7 +119,9 @@ class HeldOut:
         probs, _, _ = evaluate_texture(self.model, texture, self.dist, self.n, g)
         names = self.model.class_names
         k = sum(attack_succeeded(names[i], self.true_class, self.target_class) for i in probs.argmax(1).tolist())
-        return {"success": k / self.n, "wilson": [round(v, 4) for v in wilson_interval(k, self.n)], "k": k, "n": self.n}
+        true_p = float(probs[:, list(names).index(self.true_class)].mean())
+        return {"success": k / self.n, "wilson": [round(v, 4) for v in wilson_interval(k, self.n)], "k": k, "n": self.n,
+                "mean_true_prob": round(true_p, 4)}
 
 
 def _setup(args):
@@ -238,8 +240,9 @@ def whitebox_curve(args, out, cfg, dists, model, clean, goal, opt_seed, held, ch
 
 def _log(rows, name, key):
     for r in rows:
-        print(f"{name} {key} {r[key]}: current {100 * r['current']['success']:.1f} %, best so far "
-              f"{100 * r['best_so_far']['success']:.1f} %", file=sys.stderr, flush=True)
+        print(f"{name} {key} {r[key]}: current {100 * r['current']['success']:.1f} % (mean p(true) "
+              f"{r['current']['mean_true_prob']:.3f}), best so far {100 * r['best_so_far']['success']:.1f} %",
+              file=sys.stderr, flush=True)
 
 
 def first_full_batch(run: Path) -> int | None:
