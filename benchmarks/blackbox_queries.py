@@ -37,7 +37,7 @@ JSON keys:
     settings: per attack, what it ran with (floor, p_init, NES settings, peer arguments).
     results: per attack, per budget b: n (images), fooled, success (fraction), wilson ([lo, hi], 95 %),
         median_queries (over successes, counted by our target), counted_mean (queries our target
-        counted per image, within b), claimed (the budget knob the peer was given, or null), cut
+        counted per image, within b), claimed (the budget knob the peer was given in those runs, or null), cut
         (runs at b our target ended because the peer asked past b), seconds (wall time per image;
         read from a longer run: its time × the share of its queries within b), run_budgets (the
         budgets of the runs b was read from: a budget-independent attack — ours, HopSkipJump,
@@ -342,6 +342,11 @@ def summarise(rows: list[dict], budgets: list[int]) -> dict:
         per_budget = {}
         for b in budgets:
             sel = [r for r in rows if r["attack"] == name and (r["run_budget"] >= b if once else r["run_budget"] == b)]
+            longest: dict[int, dict] = {}  # an image run at several budgets: its longest run (the others are its start)
+            for r in sel:
+                if r["image"] not in longest or r["run_budget"] > longest[r["image"]]["run_budget"]:
+                    longest[r["image"]] = r
+            sel = list(longest.values())
             if not sel:
                 continue
             wins = [r["first_success"] for r in sel if r["first_success"] is not None and r["first_success"] <= b]
@@ -350,7 +355,7 @@ def summarise(rows: list[dict], budgets: list[int]) -> dict:
                 "n": len(sel), "fooled": len(wins), "success": len(wins) / len(sel), "wilson": [lo, hi],
                 "median_queries": statistics.median(wins) if wins else None,
                 "counted_mean": statistics.fmean(min(r["counted"], b) for r in sel),
-                "claimed": b if knob else None, "cut": sum(r["cut"] and r["run_budget"] == b for r in sel),
+                "claimed": max(r["run_budget"] for r in sel) if knob else None, "cut": sum(r["cut"] and r["run_budget"] == b for r in sel),
                 # a run at a larger budget: its time scaled by the share of its queries spent within b
                 "seconds": statistics.fmean(r["seconds"] * min(1.0, b / max(1, r["counted"])) for r in sel),
                 "run_budgets": sorted({r["run_budget"] for r in sel}),
