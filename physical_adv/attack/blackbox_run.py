@@ -148,7 +148,9 @@ def query_attack(target: QueryTarget, clean: torch.Tensor, true_class: str, targ
     if target.remaining is None:
         raise ValueError("give a budget (or a target with one): the attack plans its steps from it")
     plan = target.remaining
-    pairs = nes.pairs if nes is not None else max(1, min(views, plan // 2))
+    per_pair = 2 * (proxy.copies if method == "label-only" else 1)
+    checks = 1 if method in ("partial", "label-only") else 0
+    pairs = nes.pairs if nes is not None else max(1, min(views, (plan - checks) // per_pair))
     nes = replace(nes, pairs=pairs) if nes is not None else NESConfig(pairs=pairs)
     need = queries_per_estimate(method, nes.pairs, proxy)
     if plan < need:
@@ -239,7 +241,9 @@ def method_settings(cfg, views: int, result: LoopResult) -> dict:
         from physical_adv.attack.square import SquareConfig
 
         return {"views": views, "p_init": SquareConfig().p_init}
-    nes = NESConfig(pairs=max(1, min(views, cfg.budget // 2)))
+    per_pair = 2 * (LabelProxyConfig().copies if cfg.method == "label-only" else 1)
+    checks = 1 if cfg.method in ("partial", "label-only") else 0
+    nes = NESConfig(pairs=max(1, min(views, (cfg.budget - checks) // per_pair)))
     settings = {"pairs": nes.pairs, "sigma": nes.sigma, "grid": nes.grid, "momentum": nes.momentum, "top_k": cfg.top_k,
                 "mode": cfg.mode}
     if cfg.method == "nes":
