@@ -143,7 +143,7 @@ def attack_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<source>-<goal>-<time>)."),
     device: str = DeviceOpt,
     oracle: Optional[str] = typer.Option(None, "--oracle", help="Black-box: attack this model spec or label-detection URL by queries only."),
-    method: str = typer.Option("nes", "--method", help="Black-box method: nes (NES gradient estimate under EOT), square (Square attack, L∞), partial (targeted partial information: start from an image of the target, shrink ε; Ilyas et al. 2018) or label-only (partial information on a rank proxy; --mode labels or label)."),
+    method: str = typer.Option("nes", "--method", help="Black-box method: nes (NES gradient estimate under EOT), square (Square attack, L∞ or L2 by --norm), partial (targeted partial information: start from an image of the target, shrink ε; Ilyas et al. 2018) or label-only (partial information on a rank proxy; --mode labels or label)."),
     budget: Optional[int] = typer.Option(None, "--budget", help="Black-box: the most images sent to the oracle (required with --oracle)."),
     top_k: int = typer.Option(5, "--top-k", help="Black-box: labels the oracle answers per image."),
     mode: Optional[str] = typer.Option(None, "--mode", help="Black-box: what the oracle answers: scores (nes, square, partial; the default) or labels / label (label-only; default label)."),

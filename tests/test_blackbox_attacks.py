@@ -219,3 +219,21 @@ def test_partial_cli_run_records_method_settings_and_queries(capsys, tmp_path):
     bb = json.loads((out / "attack.json").read_text())["blackbox"]
     assert bb["method"] == "partial" and bb["budget"] == 200 and bb["queries"] == bb["oracle"]["queries"] <= 200
     assert bb["settings"]["mode"] == "scores" and "eps_reached_255" in bb["settings"] and "budget_exhausted" in bb
+
+
+def test_square_l2_run_from_the_cli_stays_in_the_l2_ball_at_the_model_input(capsys, tmp_path):
+    out = tmp_path / "run"
+    code, _, err = _attack(capsys, out, "--oracle", "signs", "--method", "square", "--norm", "l2", "--eps", "2",
+                           "--eot", "none", "--budget", "150")
+    assert code == 0, err
+    record = json.loads((out / "attack.json").read_text())
+    assert record["threat"] == "l2" and 0 < record["blackbox"]["queries"] <= 150
+    assert 0 < record["metrics"]["l2_at_input_size"] <= 2.0 + 1e-3
+
+
+def test_square_in_patch_mode_is_one_line_error(capsys, tmp_path):
+    out = tmp_path / "run"
+    code, _, err = _attack(capsys, out, "--oracle", "signs", "--method", "square", "--patch", "square",
+                           "--budget", "100")
+    assert_one_line_error(code, err, "not a patch")
+    assert not out.exists()

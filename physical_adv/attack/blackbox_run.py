@@ -6,7 +6,7 @@ Information"; Andriushchenko et al. 2020):
 
 * ``nes`` — NES gradient estimates (:class:`~physical_adv.attack.estimators.NESEstimator`) in
   place of autograd in the shared loop; ``scores`` mode;
-* ``square`` — the Square random search (:mod:`physical_adv.attack.square`); ``scores`` mode;
+* ``square`` — the Square random search (:mod:`physical_adv.attack.square`), L∞ or L2; ``scores`` mode;
 * ``partial`` — partial information: targeted, start from an image of the target class and
   shrink ε around the source while the target stays in the top k
   (:mod:`physical_adv.attack.partial`); ``scores`` mode, any k;
@@ -48,8 +48,8 @@ def check_method(method: str, mode: str, *, targeted: bool | None = None, patch_
     if mode not in METHOD_MODES[method]:
         allowed = " or ".join(METHOD_MODES[method])
         raise ValueError(f"--method {method} works on --mode {allowed}, not {mode!r}")
-    if method == "square" and (patch_mode or norm != "linf"):
-        raise ValueError("the Square attack in patch mode or L2 is not built yet (only L∞)")
+    if method == "square" and patch_mode:
+        raise ValueError("the Square attack searches an L∞ or L2 ball, not a patch: use --method nes for stickers")
     if method == "partial" and targeted is False:
         raise ValueError("the partial-information attack is targeted: give --target")
     if method in ("partial", "label-only") and (patch_mode or norm != "linf"):

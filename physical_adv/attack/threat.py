@@ -53,19 +53,19 @@ class L2Ball(ThreatModel):
     def random_start(self, clean, generator=None):
         n = clean.shape[0]
         delta = torch.empty_like(clean).normal_(generator=generator)
-        norms = delta.view(n, -1).norm(p=2, dim=1).view(n, 1, 1, 1)
+        norms = delta.reshape(n, -1).norm(p=2, dim=1).view(n, 1, 1, 1)
         r = torch.zeros_like(norms).uniform_(0, 1, generator=generator)
         return torch.clamp(clean + delta * r / norms * self.eps, 0, 1)
 
     def step(self, x, grad, alpha):
         n = x.shape[0]
-        norms = torch.norm(grad.view(n, -1), p=2, dim=1) + 1e-10
+        norms = torch.norm(grad.reshape(n, -1), p=2, dim=1) + 1e-10
         return x + alpha * grad / norms.view(n, 1, 1, 1)
 
     def project(self, x, clean):
         n = x.shape[0]
         delta = x - clean
-        norms = torch.norm(delta.view(n, -1), p=2, dim=1)
+        norms = torch.norm(delta.reshape(n, -1), p=2, dim=1)
         factor = torch.clamp(self.eps / norms, max=1.0)
         return torch.clamp(clean + delta * factor.view(n, 1, 1, 1), min=0, max=1)
 
