@@ -18,7 +18,7 @@ Information"; Andriushchenko et al. 2020):
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
@@ -54,6 +54,15 @@ def check_method(method: str, mode: str, *, targeted: bool | None = None, patch_
         raise ValueError("the partial-information attack is targeted: give --target")
     if method in ("partial", "label-only") and (patch_mode or norm != "linf"):
         raise ValueError(f"--method {method} shrinks an L∞ ball: it works in L∞ only, not in patch mode or L2")
+
+
+def planned_nes(method: str, views: int, budget: int, proxy: LabelProxyConfig = LabelProxyConfig()) -> NESConfig:
+    """The default NES settings of a run: ``views`` antithetic pairs per estimate, fewer when
+    ``budget`` cannot pay for one estimate of that many (label-only pays each pair's noisy
+    copies; partial and label-only also one check per step)."""
+    per_pair = 2 * (proxy.copies if method == "label-only" else 1)
+    checks = 1 if method in ("partial", "label-only") else 0
+    return NESConfig(pairs=max(1, min(views, (budget - checks) // per_pair)))
 
 
 def queries_per_estimate(method: str, pairs: int, proxy: LabelProxyConfig = LabelProxyConfig()) -> int:
@@ -148,10 +157,7 @@ def query_attack(target: QueryTarget, clean: torch.Tensor, true_class: str, targ
     if target.remaining is None:
         raise ValueError("give a budget (or a target with one): the attack plans its steps from it")
     plan = target.remaining
-    per_pair = 2 * (proxy.copies if method == "label-only" else 1)
-    checks = 1 if method in ("partial", "label-only") else 0
-    pairs = nes.pairs if nes is not None else max(1, min(views, (plan - checks) // per_pair))
-    nes = replace(nes, pairs=pairs) if nes is not None else NESConfig(pairs=pairs)
+    nes = nes if nes is not None else planned_nes(method, views, plan, proxy)
     need = queries_per_estimate(method, nes.pairs, proxy)
     if plan < need:
         raise ValueError(f"a budget of {plan} queries is too small for one {method} step ({need} queries)")
@@ -241,9 +247,7 @@ def method_settings(cfg, views: int, result: LoopResult) -> dict:
         from physical_adv.attack.square import SquareConfig
 
         return {"views": views, "p_init": SquareConfig().p_init}
-    per_pair = 2 * (LabelProxyConfig().copies if cfg.method == "label-only" else 1)
-    checks = 1 if cfg.method in ("partial", "label-only") else 0
-    nes = NESConfig(pairs=max(1, min(views, (cfg.budget - checks) // per_pair)))
+    nes = planned_nes(cfg.method, views, cfg.budget)
     settings = {"pairs": nes.pairs, "sigma": nes.sigma, "grid": nes.grid, "momentum": nes.momentum, "top_k": cfg.top_k,
                 "mode": cfg.mode}
     if cfg.method == "nes":

@@ -177,6 +177,11 @@ def _square_texture(img: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(img, (size, size), interpolation=interp) if side != size else img
 
 
+def _texture_tensor(img: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``(S, S, 3)`` uint8 RGB → ``(1, 3, S, S)`` float in [0, 1] on ``device``."""
+    return torch.from_numpy(img).permute(2, 0, 1).unsqueeze(0).float().div(255).to(device)
+
+
 def build_mask(cfg: AttackConfig, size: int) -> np.ndarray | None:
     """The patch mask ``(size, size)`` float32 of 0/1, or ``None`` outside patch mode."""
     if cfg.mask:
@@ -387,8 +392,7 @@ def start_image(cfg: AttackConfig, target_class: str, device: torch.device) -> t
         except UserError:
             raise UserError(f"--method {cfg.method} starts from an image of the target class: give --start IMAGE "
                             f"(no built-in sign is called {target_class!r})") from None
-    img = _square_texture(load_image(source), cfg.texture_size)
-    return torch.from_numpy(img).permute(2, 0, 1).unsqueeze(0).float().div(255).to(device)
+    return _texture_tensor(_square_texture(load_image(source), cfg.texture_size), device)
 
 
 def run_blackbox(cfg: AttackConfig, model, clean: torch.Tensor, goal: Goal, mask_np: np.ndarray | None,
@@ -452,7 +456,7 @@ def run_attack(cfg: AttackConfig, show_progress: bool = True) -> AttackResult:
     opt_seed, held_seed = _seeds(cfg.seed)
     torch.manual_seed(opt_seed)
     generator = torch.Generator(device=device).manual_seed(opt_seed)
-    clean = torch.from_numpy(texture_np).permute(2, 0, 1).unsqueeze(0).float().div(255).to(device)
+    clean = _texture_tensor(texture_np, device)
     clean_pred = _clean_prediction(model, clean, generator)
     goal = resolve_goal(cfg, list(model.class_names), model.spec, clean_pred, _goal_owner(cfg, model.spec))
     blackbox = None
