@@ -308,19 +308,25 @@ def demo_cmd(
 
 @app.command("train-signs")
 def train_signs_cmd(
-    out: Path = typer.Option(..., "--out", "-o", help="Where to write the weights (.safetensors; a .json record goes beside it)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the model: FILE.safetensors (a .json record goes beside it) or a model directory (model.safetensors + model.json); either is a --model spec."),
+    arch: str = typer.Option("signnet", "--arch", help="Architecture: signnet (the embedded signs CNN) or resnet (the residual net of signs-resnet)."),
+    width: int = typer.Option(32, "--width", help="Channels of the first stage (signnet 32; signs-resnet was trained with 24)."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", help="The network's input side in pixels (default: signnet 64, resnet 48)."),
     seed: int = typer.Option(0, "--seed", help="Seeds every random draw of the training run."),
     samples: int = typer.Option(360_000, "--samples", help="Training scenes to draw (each is fresh)."),
     batch_size: int = typer.Option(128, "--batch-size", help="Scenes per optimisation step."),
     workers: int = typer.Option(1, "--workers", help="Processes rendering scenes while the main process trains."),
     eval_samples: int = typer.Option(2000, "--eval-samples", help="Held-out scenes for the final accuracy."),
 ) -> None:
-    """Train the embedded traffic-sign classifier from procedurally rendered scenes (CPU, ~20 min)."""
+    """Train a traffic-sign classifier from procedurally rendered scenes (CPU, ~20 min), as the embedded ones were."""
     from physical_adv.signs.train import TrainConfig, train_signs
 
-    if out.suffix != ".safetensors":
-        raise UserError(f"--out must end in .safetensors, got {out}")
-    cfg = build(TrainConfig, out=out, seed=seed, samples=samples, batch_size=batch_size, workers=workers, eval_samples=eval_samples)
+    if out.suffix and out.suffix != ".safetensors":
+        raise UserError(f"--out must be a .safetensors file or a directory, got {out}")
+    if not out.suffix and out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory")
+    cfg = build(TrainConfig, out=out, seed=seed, samples=samples, batch_size=batch_size, workers=workers,
+                eval_samples=eval_samples, arch=arch, width=width, input_size=input_size)
     record = train_signs(cfg)
     acc = record["metrics"].get("heldout", {}).get("accuracy")
     typer.echo(f"wrote {out} ({record['train_seconds']:.0f} s" + (f", held-out accuracy {acc:.4f})" if acc is not None else ")"))

@@ -1,37 +1,34 @@
-"""Loading the embedded ``signs`` classifier from the safetensors file in the package."""
+"""The embedded ``signs``-family classifiers, stored as safetensors files in the package."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from physical_adv.errors import UserError
-from physical_adv.models.base import Classifier, ModelCard
-from physical_adv.models.signs_net import SIGNS_INPUT_SIZE, SIGNS_MEAN, SIGNS_STD, SignNet
+from physical_adv.models.base import Classifier
+from physical_adv.models.stored import load_stored
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SIGNS_WEIGHTS = WEIGHTS_DIR / "signs.safetensors"
 SIGNS_RECORD = WEIGHTS_DIR / "signs.json"
 
+# spec → (weights file, one-line description); every one is trained by `physical-adv train-signs`
+EMBEDDED = {
+    "signs": (SIGNS_WEIGHTS, "embedded traffic-sign classifier (SignNet CNN, seed 0), 14 classes, 64 px"),
+    "signs-resnet": (WEIGHTS_DIR / "signs-resnet.safetensors",
+                     "second, independently trained traffic-sign classifier (residual net, seed 1), 14 classes, 48 px"),
+}
+
+
+def load_embedded(spec: str = "signs", path: Path | None = None) -> Classifier:
+    """An embedded classifier by spec (class names and architecture stored with the weights)."""
+    path = Path(path) if path is not None else EMBEDDED[spec][0]
+    if not path.is_file():
+        raise UserError(f"the {spec} weights are missing from the package ({path}); reinstall physical-adv "
+                        "or retrain with `physical-adv train-signs`")
+    return load_stored(path, spec=spec)
+
 
 def load_signs(path: Path = SIGNS_WEIGHTS) -> Classifier:
-    """The embedded traffic-sign classifier (class names stored with the weights)."""
-    from safetensors.torch import load_file
-    from safetensors import safe_open
-
-    if not path.is_file():
-        raise UserError(f"the signs weights are missing from the package ({path}); reinstall physical-adv "
-                        "or retrain with `physical-adv train-signs`")
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata() or {}
-    class_names = tuple(json.loads(meta["class_names"]))
-    net = SignNet(len(class_names), width=int(meta.get("width", 32)))
-    net.load_state_dict(load_file(str(path)))
-    card = ModelCard(
-        spec="signs",
-        class_names=class_names,
-        input_size=int(meta.get("input_size", SIGNS_INPUT_SIZE)),
-        weights=str(path),
-        extra={"sha256_of_training_record": meta.get("record_sha256", "")},
-    )
-    return Classifier(net, card, SIGNS_MEAN, SIGNS_STD)
+    """The embedded ``signs`` classifier (or a file trained like it)."""
+    return load_embedded("signs", path)

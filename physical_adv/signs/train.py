@@ -8,8 +8,6 @@ evaluation scene can coincide with a training scene.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -20,10 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset
 
-from physical_adv.artifacts import atomic_write_bytes, atomic_write_json, software_versions, utc_now
+from physical_adv.artifacts import software_versions, utc_now
+from physical_adv.models.stored import save_model
 from physical_adv.images import to_batch
 from physical_adv.models.base import Classifier, ModelCard
-from physical_adv.models.signs_net import SIGNS_INPUT_SIZE, SIGNS_MEAN, SIGNS_STD, SignNet
+from physical_adv.models.archs import ARCHS, DEFAULT_INPUT_SIZE, build_arch
+from physical_adv.models.signs_net import SIGNS_INPUT_SIZE, SIGNS_MEAN, SIGNS_STD
 from physical_adv.signs.designs import CLASS_NAMES
 from physical_adv.signs.scenes import SignBank, render_batch, render_scene
 from physical_adv.ui import console, make_progress
@@ -44,6 +44,8 @@ class TrainConfig:
     lr: float = 0.004
     weight_decay: float = 5e-4
     width: int = 32
+    arch: str = "signnet"
+    input_size: int | None = None  # the network's input side (default: the architecture's)
     bank_every: int = 40  # batches between redraws of a worker's sign bank
     workers: int = 1
     threads: int = 2
@@ -60,6 +62,14 @@ class TrainConfig:
             raise ValueError("workers must be ≥ 0 and threads ≥ 1")
         if self.eval_samples < 0:
             raise ValueError(f"eval_samples must be ≥ 0, got {self.eval_samples}")
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown architecture {self.arch!r}; known: {', '.join(sorted(ARCHS))}")
+        if self.input_size is not None and not 16 <= self.input_size <= 256:
+            raise ValueError(f"input_size must be in [16, 256], got {self.input_size}")
+
+    @property
+    def net_input_size(self) -> int:
+        return self.input_size or DEFAULT_INPUT_SIZE[self.arch]
 
 
 class SceneStream(IterableDataset):
@@ -132,10 +142,13 @@ def train_signs(cfg: TrainConfig, show_progress: bool = True) -> dict:
     """
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
-    net = SignNet(len(CLASS_NAMES), width=cfg.width).to(memory_format=torch.channels_last)
+    net = build_arch(cfg.arch, len(CLASS_NAMES), width=cfg.width).to(memory_format=torch.channels_last)
+    size = cfg.net_input_size
     steps = cfg.samples // cfg.batch_size
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.15)
+    # scenes are always rendered at 64 px, as attacks and evaluation show them; a network with
+    # another input side sees them resized exactly as Classifier.forward resizes at use
     stream = SceneStream(cfg.seed, steps, cfg.batch_size, SIGNS_INPUT_SIZE, cfg.bank_every)
     loader = DataLoader(stream, batch_size=None, num_workers=cfg.workers, prefetch_factor=4 if cfg.workers else None,
                         persistent_workers=False)
@@ -147,7 +160,10 @@ def train_signs(cfg: TrainConfig, show_progress: bool = True) -> dict:
     with make_progress(disable=not show_progress) as progress:
         task = progress.add_task("train signs", total=steps, info="")
         for step, (imgs, labels) in enumerate(loader):
-            x = ((to_batch(imgs) - mean) / std).contiguous(memory_format=torch.channels_last)
+            x = to_batch(imgs)
+            if size != SIGNS_INPUT_SIZE:
+                x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
             logits = net(x)
             loss = F.cross_entropy(logits, labels, label_smoothing=0.05)
             opt.zero_grad(set_to_none=True)
@@ -164,7 +180,7 @@ def train_signs(cfg: TrainConfig, show_progress: bool = True) -> dict:
                 console.print(f"step {step + 1}/{steps} {info}")  # a log file gets a line every 5 %
     train_seconds = time.time() - t0
     net.eval()
-    card = ModelCard("signs", CLASS_NAMES, SIGNS_INPUT_SIZE, str(cfg.out))
+    card = ModelCard("signs", CLASS_NAMES, size, str(cfg.out))
     model = Classifier(net.to(memory_format=torch.contiguous_format), card, SIGNS_MEAN, SIGNS_STD)
     metrics = {}
     if cfg.eval_samples:
@@ -177,27 +193,13 @@ def train_signs(cfg: TrainConfig, show_progress: bool = True) -> dict:
         "created": utc_now(),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "class_names": list(CLASS_NAMES),
-        "input_size": SIGNS_INPUT_SIZE,
+        "arch": cfg.arch,
+        "arch_kwargs": {"width": cfg.width},
+        "input_size": size,
         "train_seconds": round(train_seconds, 1),
         "metrics": metrics,
         "versions": software_versions(),
     }
-    save_signs_weights(net, cfg.out, record)
+    save_model(net, cfg.out, record, arch=cfg.arch, arch_kwargs={"width": cfg.width}, input_size=size,
+               class_names=CLASS_NAMES, mean=SIGNS_MEAN, std=SIGNS_STD)
     return record
-
-
-def save_signs_weights(net: SignNet, out: Path, record: dict) -> None:
-    """Write ``out`` (safetensors, class names in its metadata) and ``out.with_suffix('.json')``."""
-    from safetensors.torch import save
-
-    out = Path(out)
-    record_bytes = (json.dumps(record, indent=2) + "\n").encode()
-    state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
-    meta = {
-        "class_names": json.dumps(list(CLASS_NAMES)),
-        "input_size": str(SIGNS_INPUT_SIZE),
-        "width": str(net.features[0].out_channels),
-        "record_sha256": hashlib.sha256(record_bytes).hexdigest(),
-    }
-    atomic_write_bytes(out, save(state, metadata=meta))
-    atomic_write_json(out.with_suffix(".json"), record)
