@@ -149,6 +149,10 @@ def attack_cmd(
     mode: Optional[str] = typer.Option(None, "--mode", help="Black-box: what the oracle answers: scores (nes, square, partial; the default) or labels / label (label-only; default label)."),
     start: Optional[str] = typer.Option(None, "--start", help="Black-box partial / label-only: an image of the target class to start from (default sign:TARGET for a sign class)."),
     nes_schedule: str = typer.Option("cosine", "--nes-schedule", help="Black-box NES step sizes: cosine (decay over the budget) or plateau (halve after a plateau; Ilyas et al. 2018)."),
+    transfer_to: List[str] = typer.Option([], "--transfer-to", help="After the held-out check, classify the same held-out draws with this model spec (a,b = an ensemble) or label-detection URL (top-1 labels, every image counted) and record transfer success; repeatable."),
+    momentum: float = typer.Option(0.0, "--momentum", help="Transfer: MI-FGSM momentum decay μ (Dong et al. 2018; 1.0 in the paper; 0 = off)."),
+    ti_sigma: float = typer.Option(0.0, "--ti-sigma", help="Transfer: translation invariance, the gradient smoothed by a Gaussian of this sigma in model-input pixels (Dong et al. 2019; 0 = off)."),
+    di: float = typer.Option(0.0, "--di", help="Transfer: input diversity, the probability that a view is shrunk to 90–100 % at a random place (Xie et al. 2019; 0 = off)."),
 ) -> None:
     """Make a perturbation or sticker that survives printing and photographing (EOT)."""
     import time as _time
@@ -175,7 +179,8 @@ def attack_cmd(
                 tv_weight=tv, nps_weight=nps, texture_size=texture_size, eval_samples=eval_samples, device=device,
                 early_stop=not no_early_stop, oracle=oracle, method=method, budget=budget, top_k=top_k,
                 mode=mode if mode is not None else ("label" if method == "label-only" else "scores"), start=start,
-                nes_schedule=nes_schedule)
+                nes_schedule=nes_schedule, transfer_to=tuple(transfer_to), momentum=momentum, ti_sigma=ti_sigma,
+                di_prob=di)
     result = run_attack(cfg)
     r, m = result.record, result.record["metrics"]
     goal = f"classified as {r['target_class']}" if r["targeted"] else f"not classified as {r['true_class']}"
@@ -185,6 +190,10 @@ def attack_cmd(
         bb = r["blackbox"]
         spent = " (budget spent)" if bb["budget_exhausted"] else ""
         typer.echo(f"black-box {bb['method']}: {bb['queries']} of {cfg.budget} queries{spent}")
+    for t in r.get("transfer", {}).get("models", []):
+        cost = f"; {t['queries'] + t['probe_queries']} queries" if "queries" in t else ""
+        typer.echo(f"transfer to {t['spec']}: {t['success']:.1%} of the same {t['n']} held-out draws "
+                   f"(95% CI {t['success_ci95'][0]:.1%}–{t['success_ci95'][1]:.1%}; {r['transfer']['goal']}{cost})")
     if cfg.eval_eot is None and r["eval_distribution"]["name"] != r["eot_distribution"]["name"]:
         typer.echo(f"note: {r['eval_distribution_reason']}")
 
@@ -195,12 +204,14 @@ def sheet_cmd(
     template: str = typer.Option("a4", "--template", help="a4, letter, or a template .toml file."),
     tile_mm: Optional[float] = typer.Option(None, "--tile-mm", help="Tile side in millimetres (default: the template's)."),
     no_controls: bool = typer.Option(False, "--no-controls", help="Leave out the clean control tiles."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Score every tile with this model instead of the one its run attacked (a transfer sheet: e.g. runs made on a substitute, scored against signs); capture then classifies with it."),
     out: Path = typer.Option(Path("sheet.pdf"), "--out", "-o", help="The PDF to write; the manifest NAME.json and previews NAME-pageN.png go beside it."),
 ) -> None:
     """Lay attack runs out on a printable PDF with ArUco markers, at exact physical size."""
     from physical_adv.sheet import SheetConfig, make_sheet
 
-    cfg = build(SheetConfig, runs=tuple(runs), out=out, template=template, tile_mm=tile_mm, controls=not no_controls)
+    cfg = build(SheetConfig, runs=tuple(runs), out=out, template=template, tile_mm=tile_mm, controls=not no_controls,
+                model=model)
     sheet = make_sheet(cfg)
     m = sheet.manifest
     typer.echo(f"{sheet.pdf}: sheet {m['sheet_id']}, {len(m['tiles'])} tiles on {m['pages']} page(s); "
@@ -330,6 +341,40 @@ def train_signs_cmd(
     record = train_signs(cfg)
     acc = record["metrics"].get("heldout", {}).get("accuracy")
     typer.echo(f"wrote {out} ({record['train_seconds']:.0f} s" + (f", held-out accuracy {acc:.4f})" if acc is not None else ")"))
+
+
+@app.command("substitute")
+def substitute_cmd(
+    oracle: str = typer.Option(..., "--oracle", help="The label-only target: a model spec (signs, …) or the URL of a label-detection API (physical-adv serve)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model directory to write (model.safetensors, model.json, substitute.json); use it as --model DIR in any command."),
+    budget: int = typer.Option(6400, "--budget", help="Oracle labels for the training set at most (seed set included; the probe is counted apart)."),
+    rounds: int = typer.Option(7, "--rounds", help="Substitute training rounds ρ (a Jacobian augmentation between two rounds)."),
+    lam: float = typer.Option(0.1, "--lambda", help="Jacobian augmentation step λ on [0, 1] images."),
+    tau: int = typer.Option(3, "--tau", help="The sign of λ flips every τ augmentations (Papernot's periodic step)."),
+    kappa: Optional[int] = typer.Option(None, "--kappa", help="New points per augmentation at most (reservoir sampling; default: as many as the budget allows)."),
+    seed_set: str = typer.Option("sign:*", "--seed-set", help="sign:* (rendered scenes, --per-class per class), scenes:N (N random scenes) or a folder of images; labels always come from the oracle."),
+    per_class: int = typer.Option(10, "--per-class", help="Seed scenes per class for sign:*."),
+    arch: str = typer.Option("signnet", "--arch", help="Substitute architecture: signnet or resnet."),
+    width: int = typer.Option(16, "--width", help="Channels of the substitute's first stage."),
+    input_size: Optional[int] = typer.Option(32, "--input-size", help="The substitute's input side in pixels (images are 64 px, resized inside the model)."),
+    epochs: int = typer.Option(10, "--epochs", help="Passes over the labelled set per round."),
+    warm_start: bool = typer.Option(True, "--warm-start/--from-scratch", help="Continue from the previous round's weights, or retrain from scratch each round (the paper)."),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="Mild label-keeping shifts and brightness changes of the training points."),
+    probe: int = typer.Option(500, "--probe", help="Oracle-labelled probe scenes for the per-round agreement (counted apart as probe_queries; 0 = none)."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="The oracle's class names, one per line (default: the signs classes)."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the seed set, the probe and the training."),
+    device: str = DeviceOpt,
+) -> None:
+    """Train a substitute of a label-only model (Papernot et al. 2017: Jacobian-based dataset augmentation), every oracle query counted."""
+    from physical_adv.substitute import SubstituteConfig, train_substitute
+
+    cfg = build(SubstituteConfig, oracle=oracle, out=out, budget=budget, rounds=rounds, lam=lam, tau=tau, kappa=kappa,
+                seed_set=seed_set, per_class=per_class, arch=arch, width=width, input_size=input_size, epochs=epochs,
+                warm_start=warm_start, augment=augment, probe=probe, classes=classes, seed=seed, device=device)
+    record = train_substitute(cfg)
+    last = record["rounds"][-1]
+    agree = f", probe agreement {last['probe']['agreement']:.4f}" if "probe" in last else ""
+    typer.echo(f"wrote {out} ({record['queries']} oracle labels + {record['probe_queries']} probe{agree})")
 
 
 @app.command("serve")

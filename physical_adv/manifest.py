@@ -72,16 +72,23 @@ def blackbox_problem(tile: dict) -> str | None:
 
 def attack_label(tile: dict) -> str | None:
     """How a tile's image was made, in words: ``"black-box NES, 10,000 queries"``, ``"white-box"``,
-    :data:`NOT_RECORDED` (a manifest from before the entry existed), or ``None`` for a clean control."""
+    ``"white-box on models/sub (transfer)"`` when the sheet scores it with another model than the
+    one attacked, :data:`NOT_RECORDED` (a manifest from before the entry existed), or ``None`` for
+    a clean control."""
     if tile.get("kind") == "clean":
         return None
     if "blackbox" not in tile:
         return NOT_RECORDED
     bb = tile["blackbox"]
     if bb is None:
-        return "white-box"
-    method = BLACKBOX_METHOD_NAMES.get(bb["method"], bb["method"])
-    return f"black-box {method}, {bb['queries']:,} queries"
+        label = "white-box"
+    else:
+        method = BLACKBOX_METHOD_NAMES.get(bb["method"], bb["method"])
+        label = f"black-box {method}, {bb['queries']:,} queries"
+    attacked = tile.get("attacked_model")
+    if isinstance(attacked, str) and attacked != tile.get("model"):
+        label += f" on {attacked} (transfer)"
+    return label
 
 
 def _is_num(v) -> bool:

@@ -111,4 +111,4 @@ def load_stored(path: str | Path, spec: str | None = None) -> Classifier:
         raise UserError(f"{where}: the weights do not fit architecture {arch!r} ({first})") from None
     card = ModelCard(spec=spec or str(path), class_names=names, input_size=size, weights=str(weights),
                      extra={"arch": arch, "arch_kwargs": kwargs, "sha256_of_training_record": meta.get("record_sha256", "")})
-    return Classifier(net, card, mean, std)
+    return Classifier(net, card, mean, std).eval()

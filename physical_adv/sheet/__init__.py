@@ -4,6 +4,11 @@ The manifest (``NAME.json``, schema 1) is everything capture needs; coordinates 
 millimetres from each page's top-left corner, x to the right, y down. Each adversarial tile
 records whether its run was black-box, by which method and at what query count
 (``blackbox``, see :mod:`physical_adv.manifest`), and its label on the page says so.
+
+Each tile's ``model`` is the model that scores it (capture classifies it with that one);
+``attacked_model`` is the model its run was optimised against. They differ when the sheet
+is made with ``--model SPEC`` — a transfer sheet: e.g. stickers made on a substitute,
+printed and scored against the real target.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class SheetConfig:
     controls: bool = True
     dictionary: str = DEFAULT_DICTIONARY
     previews: bool = True
+    model: str | None = None  # score every tile with this model instead of the one its run attacked
 
     def __post_init__(self) -> None:
         if not self.runs:
@@ -107,16 +113,19 @@ def make_sheet(cfg: SheetConfig) -> Sheet:
         digest.update(run[f"{kind}.png:sha256"].encode())
     digest.update(json.dumps([template.name, template.tile_mm, cfg.dictionary]).encode())
     sheet_id = digest.hexdigest()[:8]
-    digital = _digital_predictions(tiles_src)
+    scorer = _scoring_model(cfg.model, runs)
+    digital = _digital_predictions(tiles_src, scorer)
     tiles, markers, images, models = [], [], {}, {}
     for n, ((run, kind), slot) in enumerate(zip(tiles_src, slots)):
         rec = run["record"]
+        spec = cfg.model or rec["model"]["spec"]
         tile_id = f"{n + 1:02d}"
         ids = list(range(4 * n, 4 * n + 4))
         img = run[f"{kind}.png"]
         tiles.append({
             "tile_id": tile_id, "page": slot.page, "kind": kind, "run": run["path"],
-            "model": rec["model"]["spec"], "true_class": rec["true_class"], "target_class": rec.get("target_class"),
+            "model": spec, "attacked_model": rec["model"]["spec"],
+            "true_class": rec["true_class"], "target_class": rec.get("target_class"),
             "bbox_mm": list(slot.tile), "marker_ids": ids, "image_sha256": run[f"{kind}.png:sha256"],
             "image_px": [int(img.shape[1]), int(img.shape[0])],
             "dpi": round(img.shape[1] / (slot.tile[2] / 25.4), 1),
@@ -127,7 +136,8 @@ def make_sheet(cfg: SheetConfig) -> Sheet:
         for marker_id, centre in zip(ids, slot.markers):
             markers.append({"id": marker_id, "page": slot.page, "center_mm": list(centre), "size_mm": template.marker_mm})
         images[tile_id] = img
-        models[rec["model"]["spec"]] = {"class_names": rec["class_names"], "input_size": rec["model"].get("input_size")}
+        models[spec] = ({"class_names": list(scorer.class_names), "input_size": scorer.input_size} if scorer is not None
+                        else {"class_names": rec["class_names"], "input_size": rec["model"].get("input_size")})
     manifest = {
         "schema": SCHEMA, "sheet_id": sheet_id, "created": utc_now(),
         "page": {"size_mm": list(template.page_mm)}, "pages": max(s.page for s in slots),
@@ -138,9 +148,28 @@ def make_sheet(cfg: SheetConfig) -> Sheet:
     return _write_outputs(cfg, manifest, images, template)
 
 
-def _digital_predictions(tiles_src: list) -> list[dict | None]:
-    """Each tile's top-5 on its own image, digitally (area-downsampled to the model input): the
-    baseline that Kurakin et al.'s destruction rate compares photographs against."""
+def _scoring_model(spec: str | None, runs: list[dict]):
+    """The ``--model`` that scores every tile, loaded, after checking it knows each run's classes;
+    ``None`` when each tile is scored by the model its run attacked."""
+    if spec is None:
+        return None
+    from physical_adv.classes import class_index
+    from physical_adv.models import load_model
+
+    model = load_model(spec, "cpu")
+    for run in runs:
+        rec = run["record"]
+        for what in ("true", "target"):
+            name = rec.get(f"{what}_class")
+            if name is not None:
+                class_index(model.class_names, name, what=f"run {run['path']}'s {what}", owner=f"--model {spec}")
+    return model
+
+
+def _digital_predictions(tiles_src: list, scorer=None) -> list[dict | None]:
+    """Each tile's top-5 on its own image, digitally (area-downsampled to the model input), by the
+    model that scores it: the baseline that Kurakin et al.'s destruction rate compares photographs
+    against."""
     import torch
 
     from physical_adv.classify import top_k
@@ -153,7 +182,7 @@ def _digital_predictions(tiles_src: list) -> list[dict | None]:
         rec = run["record"]
         spec = rec["model"]["spec"]
         try:
-            model = loaded.get(spec) or loaded.setdefault(spec, load_model(
+            model = scorer or loaded.get(spec) or loaded.setdefault(spec, load_model(
                 spec, "cpu", classes=rec["class_names"], input_size=rec["model"].get("input_size")))
         except UserError:
             out.append(None)  # the model is not available here; report will say so
