@@ -149,7 +149,7 @@ def attack_cmd(
     mode: Optional[str] = typer.Option(None, "--mode", help="Black-box: what the oracle answers: scores (nes, square, partial; the default) or labels / label (label-only; default label)."),
     start: Optional[str] = typer.Option(None, "--start", help="Black-box partial / label-only: an image of the target class to start from (default sign:TARGET for a sign class)."),
     nes_schedule: str = typer.Option("cosine", "--nes-schedule", help="Black-box NES step sizes: cosine (decay over the budget) or plateau (halve after a plateau; Ilyas et al. 2018)."),
-    transfer_to: List[str] = typer.Option([], "--transfer-to", help="After the held-out check, classify the same held-out draws with this model spec (a,b = an ensemble) or label-detection URL (top-1 labels, every image counted) and record transfer success; repeatable."),
+    transfer_to: List[str] = typer.Option([], "--transfer-to", help="After the held-out check, classify the same held-out draws with this model spec (a,b = an ensemble; TorchScript class names from --classes) or label-detection URL (top-1 labels, every image counted) and record transfer success; repeatable."),
     momentum: float = typer.Option(0.0, "--momentum", help="Transfer: MI-FGSM momentum decay μ (Dong et al. 2018; 1.0 in the paper; 0 = off)."),
     ti_sigma: float = typer.Option(0.0, "--ti-sigma", help="Transfer: translation invariance, the gradient smoothed by a Gaussian of this sigma in model-input pixels (Dong et al. 2019; 0 = off)."),
     di: float = typer.Option(0.0, "--di", help="Transfer: input diversity, the probability that a view is shrunk to 90–100 % at a random place (Xie et al. 2019; 0 = off)."),

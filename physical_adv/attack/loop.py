@@ -3,7 +3,9 @@ an optional view renderer are pluggable pieces. FGSM is one step of it with no r
 PGD is many; EOT adds a ``render_views`` function that renders the texture through a fresh
 batch of print-and-photograph transformations at every step. Where the gradient comes from
 is the one seam between white-box and black-box attacks: autograd (:func:`autograd_source`,
-the default) or a query-based estimate (``gradient_source``, :mod:`.estimators`)."""
+the default) or a query-based estimate (``gradient_source``, :mod:`.estimators`). Between the
+gradient and the step sit optional *gradient transforms* (momentum, translation invariance:
+:mod:`.transfer`), applied in order."""
 
 from __future__ import annotations
 
@@ -57,6 +59,7 @@ class SourceExhausted(Exception):
 
 
 GradientSource = Callable[[torch.Tensor], Estimate]  # x → Estimate (autograd, or an estimate from queries)
+GradientTransform = Callable[[torch.Tensor], torch.Tensor]  # grad → the direction the step follows (same shape)
 
 
 def autograd_source(
@@ -133,6 +136,7 @@ def optimize(
     early_stop: Callable[[list[StepReport]], bool] | None = None,
     callback: Callable[[StepReport], None] | None = None,
     gradient_source: GradientSource | None = None,
+    gradient_transforms: Sequence[GradientTransform] = (),
 ) -> LoopResult:
     """Maximise ``objective(model(render_views(x)), labels) − Σ w·reg(x)`` over the threat model.
 
@@ -154,6 +158,9 @@ def optimize(
             (white-box); else a function ``x → Estimate`` (e.g. a query-based estimator of
             :mod:`physical_adv.attack.estimators`), which replaces ``model``, ``labels``,
             ``objective`` and ``render_views``. Raising :class:`SourceExhausted` ends the loop.
+        gradient_transforms: applied in order to each gradient before the threat model's
+            step (e.g. :class:`~physical_adv.attack.transfer.TranslationInvariance` then
+            :class:`~physical_adv.attack.transfer.Momentum`); none by default.
 
     Returns:
         :class:`LoopResult` with the iterate, the step it came from and the history.
@@ -182,7 +189,10 @@ def optimize(
                 best, best_key, best_step = x.detach().clone(), key, step
         if callback is not None:
             callback(report)
-        x = threat.project(threat.step(x.detach(), est.grad, a), clean).detach()
+        grad = est.grad
+        for transform in gradient_transforms:
+            grad = transform(grad)
+        x = threat.project(threat.step(x.detach(), grad, a), clean).detach()
         if early_stop is not None and early_stop(history):
             stopped = True
             break

@@ -11,6 +11,11 @@ interrupted run leaves nothing half-written) holds:
 * ``eot_preview.png`` — held-out transformed samples with the model's prediction on each;
 * ``queries.csv`` — black-box runs only: per step the queries spent so far, objective, batch success.
 
+``--transfer-to`` adds ``transfer`` to ``attack.json``: the same held-out draws classified by
+other models (:mod:`physical_adv.attack.transfer`, which also holds the transfer techniques
+``--momentum``, ``--ti-sigma`` and ``--di``). ``--model a,b,c`` optimises an ensemble (Liu et al.
+2017: the mean of the members' logits, one batched pass per member per step).
+
 A black-box run (``oracle``) optimises by queries only (:func:`run_blackbox`, then
 :func:`physical_adv.attack.blackbox_run.query_attack`: NES through the shared loop, the Square
 random search, partial information or label-only) and still checks its result on the local model
@@ -42,6 +47,9 @@ from physical_adv.attack import eot, schedules
 from physical_adv.attack.loop import LoopResult, StepReport, optimize
 from physical_adv.attack.objectives import OBJECTIVES, default_palette, non_printability, total_variation
 from physical_adv.attack.threat import L2Ball, LinfBall, Patch, ThreatModel
+from physical_adv.attack.transfer import InputDiversity, Momentum, TranslationInvariance, evaluate_transfer
+from physical_adv.attack.transfer import is_url as _is_url
+from physical_adv.attack.transfer import open_transfer_targets
 from physical_adv.classes import class_index
 from physical_adv.errors import UserError
 from physical_adv.images import load_image, save_png
@@ -97,6 +105,10 @@ class AttackConfig:
     mode: str = "scores"
     start: str | None = None  # partial / label-only: an image of the target class (default sign:TARGET)
     nes_schedule: str = "cosine"  # NES step sizes: cosine or plateau (Ilyas et al.)
+    transfer_to: tuple[str, ...] = ()  # model specs / URLs the finished run is checked on
+    momentum: float = 0.0  # MI-FGSM decay μ (Dong et al. 2018); 0 = off
+    ti_sigma: float = 0.0  # TI Gaussian sigma in model-input pixels (Dong et al. 2019); 0 = off
+    di_prob: float = 0.0  # input diversity probability per view (Xie et al. 2019); 0 = off
 
     def __post_init__(self) -> None:
         if self.norm not in DEFAULT_EPS:
@@ -124,10 +136,23 @@ class AttackConfig:
             raise ValueError(f"texture size must be in [64, 4096], got {self.texture_size}")
         if self.eval_samples < 1:
             raise ValueError(f"eval samples must be ≥ 1, got {self.eval_samples}")
+        self._check_transfer()
         if self.oracle is not None:
             self._check_blackbox()
         elif self.budget is not None:
             raise ValueError("--budget applies to black-box attacks: give --oracle SPEC|URL too")
+
+    def _check_transfer(self) -> None:
+        if any(not isinstance(s, str) or not s.strip() for s in self.transfer_to):
+            raise ValueError("--transfer-to needs a model spec or URL, got an empty one")
+        if not 0 <= self.momentum <= 10:
+            raise ValueError(f"momentum must be in [0, 10], got {self.momentum:g}")
+        if not 0 <= self.ti_sigma <= 16:
+            raise ValueError(f"ti-sigma must be in [0, 16] model-input pixels, got {self.ti_sigma:g}")
+        if not 0 <= self.di_prob <= 1:
+            raise ValueError(f"di must be a probability in [0, 1], got {self.di_prob:g}")
+        if self.oracle is not None and (self.momentum or self.ti_sigma or self.di_prob):
+            raise ValueError("--momentum, --ti-sigma and --di apply to white-box attacks, not with --oracle")
 
     def _check_blackbox(self) -> None:
         from physical_adv.attack.blackbox_run import NES_SCHEDULES, check_method, queries_per_estimate
@@ -329,9 +354,14 @@ def optimise(cfg: AttackConfig, model, clean: torch.Tensor, goal: Goal, threat: 
              dist: eot.EOTDistribution, generator: torch.Generator, show_progress: bool) -> tuple[LoopResult, float]:
     """Run the EOT loop on ``clean`` ``(1, 3, S, S)``; returns the loop's result and its seconds."""
     device, views = clean.device, views_per_step(cfg, dist)
+    diversity, transforms = transfer_techniques(cfg, model.input_size)
+    # DI draws from a stream of its own, so the EOT views of a run with and without it are the same
+    di_seed = int(np.random.SeedSequence([cfg.seed, 0xD1]).generate_state(1)[0])
+    di_generator = torch.Generator(device=device).manual_seed(di_seed) if diversity is not None else None
 
     def render_views(x: torch.Tensor) -> torch.Tensor:
-        return eot.render(x, eot.sample(dist, views, cfg.texture_size, model.input_size, generator, device))
+        batch = eot.render(x, eot.sample(dist, views, cfg.texture_size, model.input_size, generator, device))
+        return batch if diversity is None else diversity(batch, di_generator)
 
     loss_fn = OBJECTIVES[cfg.loss]
     objective = lambda logits, y: loss_fn(logits, y, goal.targeted)  # noqa: E731
@@ -353,9 +383,21 @@ def optimise(cfg: AttackConfig, model, clean: torch.Tensor, goal: Goal, threat: 
         result = optimize(
             model, clean, label, threat=threat, objective=objective, steps=cfg.steps, alpha=alpha, targeted=goal.targeted,
             render_views=render_views, regularisers=regularisers, random_start=cfg.patch_mode, generator=generator,
-            keep_best=True, early_stop=early_stop, callback=report,
+            keep_best=True, early_stop=early_stop, callback=report, gradient_transforms=transforms,
         )
     return result, time.time() - t0
+
+
+def transfer_techniques(cfg: AttackConfig, input_size: int) -> tuple[InputDiversity | None, list]:
+    """The transfer techniques of ``cfg``: input diversity on the rendered views (or ``None``)
+    and the gradient transforms in the order of TI-MI-FGSM (smooth, then accumulate). TI's
+    sigma is given in model-input pixels and applied on the texture, ``texture/input`` times larger."""
+    transforms: list = []
+    if cfg.ti_sigma:
+        transforms.append(TranslationInvariance(cfg.ti_sigma * cfg.texture_size / input_size))
+    if cfg.momentum:
+        transforms.append(Momentum(cfg.momentum))
+    return (InputDiversity(cfg.di_prob) if cfg.di_prob else None), transforms
 
 
 def build_regularisers(cfg: AttackConfig, device: torch.device) -> list[tuple[float, Callable]]:
@@ -367,10 +409,6 @@ def build_regularisers(cfg: AttackConfig, device: torch.device) -> list[tuple[fl
 def held_with_margin(cfg: AttackConfig, window: int) -> Callable[[list[StepReport]], bool]:
     """The early stop of ``cfg`` (:func:`physical_adv.attack.schedules.held_with_margin`, off with ``--no-early-stop``)."""
     return schedules.held_with_margin(window, cfg.early_stop)
-
-
-def _is_url(spec: str) -> bool:
-    return spec.strip().lower().startswith(("http://", "https://"))
 
 
 def _goal_owner(cfg: AttackConfig, spec: str) -> str:
@@ -459,6 +497,8 @@ def run_attack(cfg: AttackConfig, show_progress: bool = True) -> AttackResult:
     clean = _texture_tensor(texture_np, device)
     clean_pred = _clean_prediction(model, clean, generator)
     goal = resolve_goal(cfg, list(model.class_names), model.spec, clean_pred, _goal_owner(cfg, model.spec))
+    transfer_targets = open_transfer_targets(cfg.transfer_to, list(model.class_names), _clean_view(model, clean),
+                                             device, cfg.classes) if cfg.transfer_to else []
     blackbox = None
     if cfg.oracle is not None:
         blackbox = run_blackbox(cfg, model, clean, goal, mask_np, dists.optimise, generator, show_progress)
@@ -473,6 +513,11 @@ def run_attack(cfg: AttackConfig, show_progress: bool = True) -> AttackResult:
     record = _record(cfg, model, goal, clean_pred, dists, (opt_seed, held_seed), mask_np, metrics)
     if blackbox is not None:
         record["blackbox"] = blackbox.record
+    if transfer_targets:
+        names = model.class_names
+        record["transfer"] = evaluate_transfer(
+            transfer_targets, model, adv, dists.evaluate, evaluation_draws(cfg, dists.evaluate), held_seed,
+            names[goal.true_idx], names[goal.target_idx] if goal.targeted else None)
     _write_run_dir(out, record, clean, adv, mask_np, result, preview_imgs, preview_probs, model.class_names,
                    goal.true_idx, goal.target_idx, blackbox.queries if blackbox is not None else None)
     return AttackResult(out, record)
@@ -484,6 +529,15 @@ def _clean_prediction(model, clean: torch.Tensor, generator: torch.Generator) ->
     with torch.no_grad():
         params = eot.sample(none, 1, clean.shape[-1], model.input_size, generator, clean.device)
         return int(model(eot.render(clean, params)).argmax(1)[0])
+
+
+def _clean_view(model, clean: torch.Tensor) -> torch.Tensor:
+    """The clean texture area-downsampled to the model's input ``(1, 3, h, w)`` (the probe
+    sent once to a ``--transfer-to`` URL; the ``none`` render draws nothing random)."""
+    none = eot.load_distribution("none")
+    with torch.no_grad():
+        g = torch.Generator(device=clean.device).manual_seed(0)
+        return eot.render(clean, eot.sample(none, 1, clean.shape[-1], model.input_size, g, clean.device))
 
 
 def _record(cfg: AttackConfig, model, goal: Goal, clean_pred: int, dists: Distributions, seeds: tuple[int, int],
@@ -498,7 +552,8 @@ def _record(cfg: AttackConfig, model, goal: Goal, clean_pred: int, dists: Distri
         "eps_effective": None if cfg.patch_mode else cfg.eps_value,
         "threat": "patch" if cfg.patch_mode else cfg.norm,
         "targeted": goal.targeted,
-        "model": {"spec": model.spec, "input_size": model.input_size, "weights": model.card.weights},
+        "model": {"spec": model.spec, "input_size": model.input_size, "weights": model.card.weights,
+                  **({"members": model.card.extra["members"]} if "members" in model.card.extra else {})},
         "class_names": list(names),
         "true_class": names[goal.true_idx],
         "true_class_from": goal.true_class_from,
