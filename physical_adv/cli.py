@@ -359,7 +359,8 @@ def substitute_cmd(
     input_size: Optional[int] = typer.Option(32, "--input-size", help="The substitute's input side in pixels (images are 64 px, resized inside the model)."),
     epochs: int = typer.Option(10, "--epochs", help="Passes over the labelled set per round."),
     warm_start: bool = typer.Option(True, "--warm-start/--from-scratch", help="Continue from the previous round's weights, or retrain from scratch each round (the paper)."),
-    augment: bool = typer.Option(True, "--augment/--no-augment", help="Mild label-keeping shifts and brightness changes of the training points."),
+    jitter: str = typer.Option("strong", "--jitter", help="Label-keeping random transforms of the training points: none, mild or strong."),
+    query_jitter: str = typer.Option("none", "--query-jitter", help="Transforms of the points before their Jacobian step (none = the paper's x + λ·sign(∇)): none, mild or strong."),
     probe: int = typer.Option(500, "--probe", help="Oracle-labelled probe scenes for the per-round agreement (counted apart as probe_queries; 0 = none)."),
     classes: Optional[str] = typer.Option(None, "--classes", help="The oracle's class names, one per line (default: the signs classes)."),
     seed: int = typer.Option(0, "--seed", help="Seeds the seed set, the probe and the training."),
@@ -370,7 +371,7 @@ def substitute_cmd(
 
     cfg = build(SubstituteConfig, oracle=oracle, out=out, budget=budget, rounds=rounds, lam=lam, tau=tau, kappa=kappa,
                 seed_set=seed_set, per_class=per_class, arch=arch, width=width, input_size=input_size, epochs=epochs,
-                warm_start=warm_start, augment=augment, probe=probe, classes=classes, seed=seed, device=device)
+                warm_start=warm_start, jitter=jitter, query_jitter=query_jitter, probe=probe, classes=classes, seed=seed, device=device)
     record = train_substitute(cfg)
     last = record["rounds"][-1]
     agree = f", probe agreement {last['probe']['agreement']:.4f}" if "probe" in last else ""
