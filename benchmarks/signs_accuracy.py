@@ -1,6 +1,6 @@
-"""Accuracy of the embedded ``signs`` model on freshly rendered scenes it never saw.
+"""Accuracy of an embedded ``signs``-family model on freshly rendered scenes it never saw.
 
-Usage: python benchmarks/signs_accuracy.py [--n 2000] [--seed 2026] [--json]
+Usage: python benchmarks/signs_accuracy.py [--model signs|signs-resnet|DIR] [--n 2000] [--seed 2026] [--json]
 
 Reports top-1 accuracy on N mixed scenes (street, rectified print, box-cropped print) and
 N/2 rectified print tiles from the held-out stream, and on each off-training style variant
@@ -27,8 +27,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=EVAL_SEED)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--model", default="signs", help="signs, signs-resnet or any model spec with the signs classes")
     args = ap.parse_args()
-    model = load_model("signs", "cpu")
+    model = load_model(args.model, "cpu")
     out = {
         "mixed": evaluate(model, args.n, args.seed)["accuracy"],
         "print": evaluate(model, args.n // 2, args.seed, kind="print")["accuracy"],

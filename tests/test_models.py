@@ -152,3 +152,18 @@ def test_module_factory_that_cannot_be_imported_is_a_clear_error(tmp_path):
     classes.write_text("a\n")
     with pytest.raises(UserError, match="cannot import"):
         load_model("no_such_module_xyz:make", "cpu", classes=classes)
+
+
+def test_the_second_signs_model_ships_in_the_package_under_3_mb_and_differs_from_signs(signs_model):
+    from physical_adv.models.embedded import EMBEDDED
+
+    path = EMBEDDED["signs-resnet"][0]
+    assert path.is_file() and path.stat().st_size <= 3 * 1024 * 1024
+    other = load_model("signs-resnet", "cpu")
+    assert other.class_names == signs_model.class_names
+    assert other.card.extra["arch"] == "resnet" != signs_model.card.extra["arch"]
+    assert other.input_size == 48 != signs_model.input_size
+    import json
+
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert record["config"]["seed"] != json.loads(EMBEDDED["signs"][0].with_suffix(".json").read_text())["config"]["seed"]
