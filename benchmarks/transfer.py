@@ -1,6 +1,6 @@
 """Transfer through print and camera: attacks made on one model, scored on ``signs``.
 
-Usage: OMP_NUM_THREADS=1 python benchmarks/transfer.py [--json] [--sources signs-resnet,SUB,ENSEMBLE]
+Usage: OMP_NUM_THREADS=1 python benchmarks/transfer.py [--json] [--sources signs-resnet SUB ENSEMBLE …]
            [--substitute DIR] [--target signs] [--threats linf32,sticker10,sticker25]
            [--techniques plain,mi,ti,di,mi-ti-di] [--seeds 1] [--steps 200] [--samples 32]
            [--texture-size 256] [--eval-samples 1000] [--out DIR] [--device cpu]
@@ -24,6 +24,11 @@ Sources: model specs; ``SUB`` stands for ``--substitute DIR``, ``ENSEMBLE`` for
 ``DIR,signs-resnet`` (Liu et al. 2017). With ``--seeds k`` > 1 a summary per row gives the mean
 and min–max over seeds.
 
+``--alignment`` adds why-figures: the cosine between the source's and ``TARGET``'s expected
+gradients (over ``--alignment-draws`` print-camera draws, the same draws for both) of the
+untargeted objective at the clean ``sign:stop`` texture, beside the cosine between two
+independent estimates of ``TARGET``'s own (the ceiling that sampling noise leaves).
+
 Each finished run is appended to ``OUT/rows.jsonl`` (flushed); rerunning with the same ``--out``
 skips the rows already there.
 """
@@ -38,7 +43,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+
+from physical_adv.attack import eot
 from physical_adv.attack.runner import AttackConfig, run_attack
+from physical_adv.images import load_image, to_batch
+from physical_adv.models import load_model
 
 THREATS = {
     "linf32": dict(eps=32.0),
@@ -77,13 +88,47 @@ def run_row(source: str, threat: str, technique: str, seed: int, args, fields: d
     return {
         "source": source, "threat": threat, "technique": technique, "seed": seed, "target": args.target,
         "white_box": {"success": m["eot_success"], "ci95": m["eot_success_ci95"], "n": m["eot_samples"]},
-        "transfer": {"success": to["success"], "ci95": to["success_ci95"], "n": to["n"]},
+        "transfer": {"success": to["success"], "ci95": to["success_ci95"], "n": to["n"],
+                     "mean_goal_prob": to.get("mean_target_prob", to.get("mean_true_prob"))},
         "source_on_transfer_views": tr["source"]["success"],
         "same_views": tr["views"]["same_as_heldout_check"],
         "config": {k: record["config"][k] for k in ("steps", "samples", "texture_size", "loss", "momentum",
                                                     "ti_sigma", "di_prob", "eps", "patch_area")},
         "seconds": round(time.time() - t0, 1),
     }
+
+
+def expected_gradient(model, texture, dist, n: int, seed: int, true_idx: int, size: int = 64,
+                      batch: int = 50) -> torch.Tensor:
+    """∇ of the mean cross-entropy of ``true_idx`` over ``n`` draws (seed ``seed``) w.r.t. the texture."""
+    g = torch.Generator().manual_seed(seed)
+    x = texture.clone().requires_grad_(True)
+    total = torch.zeros_like(texture)
+    for start in range(0, n, batch):
+        params = eot.sample(dist, min(batch, n - start), texture.shape[-1], size, g, fresh_noise=True)
+        logits = model(eot.render(x, params))
+        loss = F.cross_entropy(logits, torch.full((len(logits),), true_idx), reduction="sum")
+        total += torch.autograd.grad(loss, x)[0]
+    return total / n
+
+
+def alignment(sources: list[str], target: str, texture_size: int, n: int) -> list[dict]:
+    """Cosine of each source's expected gradient with the target's, on the same draws, at the clean stop sign."""
+    dist = eot.load_distribution("print-camera")
+    texture = to_batch(load_image("sign:stop"), texture_size)
+    tgt = load_model(target, "cpu")
+    true_idx = tgt.class_names.index("stop")
+    ref = expected_gradient(tgt, texture, dist, n, 1, true_idx, tgt.input_size)
+    rows = [{"source": f"{target} (another {n} draws: the noise ceiling)", "target": target, "draws": n,
+             "cosine": float(F.cosine_similarity(expected_gradient(tgt, texture, dist, n, 2, true_idx, tgt.input_size).flatten(),
+                                                 ref.flatten(), dim=0))}]
+    for spec in sources:
+        src = load_model(spec, "cpu")
+        grad = expected_gradient(src, texture, dist, n, 1, src.class_names.index("stop"), tgt.input_size)
+        rows.append({"source": spec, "target": target, "draws": n,
+                     "cosine": float(F.cosine_similarity(grad.flatten(), ref.flatten(), dim=0)),
+                     "sign_agreement": float((grad.sign() == ref.sign()).float().mean())})
+    return rows
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -102,7 +147,8 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sources", default="signs-resnet,SUB,ENSEMBLE")
+    p.add_argument("--sources", nargs="+", default=["signs-resnet", "SUB", "ENSEMBLE"],
+                   help="model specs (a,b = an ensemble), SUB = --substitute, ENSEMBLE = SUB,signs-resnet")
     p.add_argument("--substitute", default=None, help="the Papernot substitute's model directory")
     p.add_argument("--target", default="signs")
     p.add_argument("--threats", default="linf32,sticker10,sticker25")
@@ -116,14 +162,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=Path("benchmarks/out/transfer"))
     p.add_argument("--json", action="store_true", help="print the table as JSON on stdout")
+    p.add_argument("--alignment", action="store_true", help="also the gradient-alignment figures (see above)")
+    p.add_argument("--alignment-draws", type=int, default=500)
     args = p.parse_args(argv)
     techs = techniques(args.ti_sigma)
+    sources = [resolve_source(s, args.substitute) for s in args.sources]
     args.out.mkdir(parents=True, exist_ok=True)
     rows_file = args.out / "rows.jsonl"
     rows = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()] if rows_file.exists() else []
     done = {(r["source"], r["threat"], r["technique"], r["seed"], r["target"], r["config"]["steps"]) for r in rows}
-    for source in [resolve_source(s, args.substitute) for s in args.sources.split(",")]:
-        for threat in args.threats.split(","):
+    for source in sources:
+        for threat in [t for t in args.threats.split(",") if t]:
             for technique in args.techniques.split(","):
                 for seed in range(args.seeds):
                     if (source, threat, technique, seed, args.target, args.steps) in done:
@@ -144,6 +193,10 @@ def main(argv: list[str] | None = None) -> None:
         "rows": rows,
         "summary": summarise(rows),
     }
+    if args.alignment:
+        table["alignment"] = alignment(sources, args.target, args.texture_size, args.alignment_draws)
+        for a in table["alignment"]:
+            print(f"gradient alignment {a['source']} vs {a['target']}: cosine {a['cosine']:+.3f}", file=sys.stderr)
     if args.json:
         print(json.dumps(table, indent=1))
 
