@@ -88,8 +88,8 @@ class SubstituteConfig:
     per_class: int = 10
     arch: str = "signnet"
     width: int = 16
-    input_size: int | None = 32
-    epochs: int = 10
+    input_size: int | None = 64
+    epochs: int = 20
     batch_size: int = 32
     lr: float = 3e-3
     warm_start: bool = True

@@ -23,7 +23,7 @@ from physical_adv.models.stored import save_model
 from physical_adv.signs.designs import CLASS_NAMES
 from physical_adv.substitute import SubstituteConfig, jacobian_augment, rendered_scenes, train_substitute
 
-SMALL = ["--per-class", "2", "--rounds", "2", "--epochs", "1", "--probe", "14", "--device", "cpu"]
+SMALL = ["--per-class", "2", "--rounds", "2", "--epochs", "1", "--input-size", "32", "--probe", "14", "--device", "cpu"]
 
 
 class CountingModel(nn.Module):
@@ -65,7 +65,7 @@ def small_substitute(tmp_path_factory) -> tuple[Path, dict]:
 def test_oracle_query_counter_equals_images_the_wrapped_model_classified(tmp_path):
     target, counter = _counted(budget=50)
     probe, probe_counter = _counted(budget=None)
-    cfg = SubstituteConfig(oracle="signs", out=tmp_path / "sub", budget=50, rounds=3, per_class=2, epochs=1, probe=20,
+    cfg = SubstituteConfig(oracle="signs", out=tmp_path / "sub", budget=50, rounds=3, per_class=2, epochs=1, probe=20, input_size=32,
                            device="cpu")
     record = train_substitute(cfg, show_progress=False, target=target, probe_target=probe)
     assert counter.images == target.queries == record["queries"] == 50  # 28 seeds + 22 augmented, budget met exactly
