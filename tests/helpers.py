@@ -20,3 +20,23 @@ def assert_one_line_error(code, err, fragment):
     assert len(lines) == 1, err
     assert lines[0].startswith("physical-adv: error: ") and fragment in lines[0], err
     assert "Traceback" not in err
+
+
+def two_class_torchscript(folder, names):
+    """A real TorchScript classifier with two classes (``names``): the mean brightness and its
+    complement as logits; returns ``(model path, class-file path)``."""
+    import warnings
+
+    import torch
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            m = x.mean((1, 2, 3))
+            return torch.stack([m, 1 - m], 1)
+
+    model, classes = folder / "net.pt", folder / "classes.txt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(Net()).save(str(model))
+    classes.write_text("\n".join(names) + "\n")
+    return model, classes

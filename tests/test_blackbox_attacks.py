@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, run_cli, two_class_torchscript
 from physical_adv.attack import eot
 from physical_adv.attack.estimators import NESConfig, NESEstimator, ScoreObjective
 from physical_adv.attack.loop import SourceExhausted
@@ -184,18 +184,8 @@ def test_oracle_answering_garbage_is_one_line_error(capsys, tmp_path):
 
 
 def test_class_the_model_oracle_never_answers_is_one_line_error(capsys, tmp_path):
-    import warnings
-
-    class Net(torch.nn.Module):  # a local model whose classes the oracle (signs) does not have
-        def forward(self, x):
-            m = x.mean((1, 2, 3))
-            return torch.stack([m, 1 - m], 1)
-
-    model, classes = tmp_path / "net.pt", tmp_path / "classes.txt"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.script(Net()).save(str(model))
-    classes.write_text("stop sign\nstreet sign\n")
+    # a local model whose classes the oracle (signs) does not have
+    model, classes = two_class_torchscript(tmp_path, ["stop sign", "street sign"])
     tmp_path = tmp_path / "runs"
     tmp_path.mkdir()
     code, _, err = _attack(capsys, tmp_path / "run", "--oracle", "signs", "--model", model, "--classes", classes,

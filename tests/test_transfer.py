@@ -4,12 +4,11 @@ transfer techniques (momentum, translation invariance, input diversity) in the o
 import hashlib
 import json
 import socket
-import warnings
 
 import pytest
 import torch
 
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, run_cli, two_class_torchscript
 from physical_adv.attack import eot
 from physical_adv.attack.loop import optimize
 from physical_adv.attack.objectives import cross_entropy_objective
@@ -89,16 +88,7 @@ def test_closed_transfer_url_fails_before_the_optimisation(capsys, tmp_path, mon
 
 
 def test_transfer_model_with_other_classes_is_one_line_error(capsys, tmp_path):
-    class Net(torch.nn.Module):
-        def forward(self, x):
-            m = x.mean((1, 2, 3))
-            return torch.stack([m, 1 - m], 1)
-
-    model, classes = tmp_path / "net.pt", tmp_path / "classes.txt"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.script(Net()).save(str(model))
-    classes.write_text("stop\nyield\n")
+    model, classes = two_class_torchscript(tmp_path, ["stop", "yield"])
     runs = tmp_path / "runs"
     runs.mkdir()
     code, _, err = _attack(capsys, runs / "run", "--transfer-to", model, "--classes", classes)
