@@ -366,7 +366,7 @@ def substitute_cmd(
     seed: int = typer.Option(0, "--seed", help="Seeds the seed set, the probe and the training."),
     device: str = DeviceOpt,
 ) -> None:
-    """Train a substitute of a label-only model (Papernot et al. 2017: Jacobian-based dataset augmentation), every oracle query counted."""
+    """Train a substitute of a label-only model (Papernot et al. 2017: Jacobian-based dataset augmentation), every oracle query counted. Interrupted (Ctrl-C, crash)? Rerun the same command: it resumes from the last finished round without paying for a label twice."""
     from physical_adv.substitute import SubstituteConfig, train_substitute
 
     cfg = build(SubstituteConfig, oracle=oracle, out=out, budget=budget, rounds=rounds, lam=lam, tau=tau, kappa=kappa,

@@ -18,10 +18,17 @@ as ``probe_queries``, and can be sized or skipped with ``probe``.
 Random streams: the seed set draws scenes from ``(SEED_STREAM, seed)`` and the probe from
 ``(PROBE_STREAM, seed)``; neither is the training stream of ``signs`` (``TRAIN_STREAM``) nor its
 held-out evaluation stream (``EVAL_STREAM``), on which the benchmark scores the result.
+
+Interruptions: after every round's augmentation the run writes one checkpoint file beside
+``out`` (:func:`checkpoint_path`: the labelled set, the substitute, every RNG state, the
+rounds so far and the labels paid for). Rerunning with the same options resumes there —
+bit-identical to a run that never stopped, and no label is bought twice; the checkpoint is
+removed once the model directory is in place.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import secrets
 import shutil
@@ -33,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from physical_adv.artifacts import atomic_write_json, replace_folder, software_versions, utc_now
+from physical_adv.artifacts import atomic_write_bytes, atomic_write_json, replace_folder, software_versions, utc_now
 from physical_adv.blackbox.target import BudgetExhausted, QueryTarget, open_target
 from physical_adv.classes import normalise
 from physical_adv.errors import UserError
@@ -348,6 +355,50 @@ def check_out(out: Path) -> None:
         raise UserError(f"{out} is not empty and is not a previous substitute; choose another --out (nothing was changed)")
 
 
+def checkpoint_path(out: Path) -> Path:
+    """Where a run writing ``out`` keeps its per-round checkpoint (a hidden sibling file)."""
+    out = Path(out)
+    return out.parent / f".{out.name}.substitute-checkpoint.safetensors"
+
+
+def _resume_key(cfg: SubstituteConfig) -> dict:
+    """The options that must match for a checkpoint to be resumed (where it runs may differ)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k not in ("device", "threads")}
+
+
+def save_checkpoint(cfg: SubstituteConfig, state: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """One file, written atomically: the labelled set, the substitute, every RNG state, and
+    (in its metadata) the rounds so far and the oracle labels already paid for."""
+    from safetensors.torch import save
+
+    meta = {"state": json.dumps({**state, "config": _resume_key(cfg)})}
+    atomic_write_bytes(checkpoint_path(cfg.out), save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                                                      metadata=meta))
+
+
+def load_checkpoint(cfg: SubstituteConfig) -> tuple[dict, dict[str, torch.Tensor]] | None:
+    """The checkpoint of an interrupted run with the same options, or ``None`` (none, or another
+    run's: that one is said and will be replaced)."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = checkpoint_path(cfg.out)
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            state = json.loads((fh.metadata() or {})["state"])
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, KeyError, ValueError):
+        console.print(f"[yellow]ignoring an unreadable checkpoint {path}; starting afresh[/yellow]")
+        return None
+    if state.get("config") != _resume_key(cfg):
+        console.print(f"[yellow]{path} is a checkpoint of a run with other options; starting afresh "
+                      "(it is replaced after the first round)[/yellow]")
+        return None
+    return state, tensors
+
+
 def train_substitute(cfg: SubstituteConfig, show_progress: bool = True, target: QueryTarget | None = None,
                      probe_target: QueryTarget | None = None) -> dict:
     """Papernot's substitute training against ``cfg.oracle``; writes the model directory ``cfg.out``.
@@ -377,13 +428,19 @@ def train_substitute(cfg: SubstituteConfig, show_progress: bool = True, target: 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    resume = load_checkpoint(cfg)
+    spent = resume[0]["queries"] if resume else 0  # labels an interrupted run already paid for
+    if resume:
+        console.print(f"resuming from {checkpoint_path(cfg.out)}: round {resume[0]['next_round']}, "
+                      f"{spent} oracle labels already spent")
     opened = []
     if target is None:
-        target = open_target(cfg.oracle, mode="label", top_k=1, budget=cfg.budget, device=device, classes=cfg.classes)
+        target = open_target(cfg.oracle, mode="label", top_k=1, budget=cfg.budget - spent, device=device, classes=cfg.classes)
         opened.append(target)
     elif target.mode != "label":
         raise UserError(f"the substitute's oracle must answer in label mode, not {target.mode}")
-    if cfg.probe and probe_target is None:
+    probe_paid = resume is not None and "probe_labels" in resume[1]
+    if cfg.probe and probe_target is None and not probe_paid:
         probe_target = open_target(cfg.oracle, mode="label", top_k=1, budget=cfg.probe, device=device, classes=cfg.classes)
         opened.append(probe_target)
     t_start = time.time()
@@ -393,8 +450,10 @@ def train_substitute(cfg: SubstituteConfig, show_progress: bool = True, target: 
             from physical_adv.signs.designs import CLASS_NAMES
 
             probe_images = rendered_scenes(PROBE_STREAM, cfg.seed, np.arange(cfg.probe) % len(CLASS_NAMES))
-            probe = probe_images, oracle_labels(probe_target, probe_images, class_names)
-        model, rounds, stopped = papernot_rounds(cfg, target, seeds, class_names, probe, device, show_progress)
+            probe = probe_images, (resume[1]["probe_labels"] if probe_paid else
+                                   oracle_labels(probe_target, probe_images, class_names))
+        model, rounds, stopped = papernot_rounds(cfg, target, seeds, class_names, probe, device, show_progress,
+                                                 resume=resume)
     finally:
         for opened_target in opened:
             getattr(opened_target, "close", lambda: None)()
@@ -407,10 +466,11 @@ def train_substitute(cfg: SubstituteConfig, show_progress: bool = True, target: 
         "oracle": target.describe(),
         "class_names": list(class_names),
         "seed_set": {**seed_info, "size": len(seeds)},
-        "queries": target.queries,
+        "queries": spent + target.queries,
+        "resumed_at_round": resume[0]["next_round"] if resume else None,
         "probe": {"n": cfg.probe, "stream": PROBE_STREAM, "seed": cfg.seed, "classes": "round-robin",
                   "queries_counted_apart": True} if cfg.probe else None,
-        "probe_queries": probe_target.queries if cfg.probe else 0,
+        "probe_queries": cfg.probe,  # labelled once (before round 0), counted apart from the budget
         "rounds": rounds,
         "stopped": stopped,
         "seconds": round(time.time() - t_start, 1),
@@ -420,44 +480,61 @@ def train_substitute(cfg: SubstituteConfig, show_progress: bool = True, target: 
         "versions": software_versions(),
     }
     write_model_dir(model, cfg, record)
+    checkpoint_path(cfg.out).unlink(missing_ok=True)
     return record
 
 
 def papernot_rounds(cfg: SubstituteConfig, target: QueryTarget, seeds: torch.Tensor, class_names: tuple[str, ...],
                     probe: tuple[torch.Tensor, torch.Tensor] | None, device: torch.device,
-                    show_progress: bool) -> tuple[Classifier, list[dict], str | None]:
+                    show_progress: bool, resume: tuple[dict, dict] | None = None) -> tuple[Classifier, list[dict], str | None]:
     """Algorithm 1 of Papernot et al.: label, train, augment, ``cfg.rounds`` times.
 
     Args:
         seeds: ``(N, 3, 64, 64)`` in [0, 1], labelled here through ``target``.
         probe: ``(images, oracle labels)`` to measure agreement after every round, or None.
+        resume: a checkpoint (:func:`load_checkpoint`) to continue from. One is written after
+            every round's augmentation, so an interrupted run loses at most the round in progress
+            and never pays twice for a label; resuming gives the same substitute as not stopping.
 
     Returns:
         ``(substitute, one dict per round, why it stopped early or None)``.
     """
     gen = torch.Generator().manual_seed(cfg.seed)
-    images, labels = seeds, oracle_labels(target, seeds, class_names)
     model = new_substitute(cfg, class_names, device)
     rounds: list[dict] = []
+    first, spent = 0, 0  # the round to start at; labels paid for before a resume
+    if resume is None:
+        images, labels = seeds, oracle_labels(target, seeds, class_names)
+    else:
+        state, tensors = resume
+        images, labels = tensors["images"], tensors["labels"]
+        model.net.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        gen.set_state(tensors["gen_state"])
+        torch.set_rng_state(tensors["torch_rng"])
+        rounds, first, spent = state["rounds"], state["next_round"], state["queries"]
+
+    def queries() -> int:
+        return spent + target.queries
+
     stopped = None
     with make_progress(disable=not show_progress) as progress:
-        task = progress.add_task("substitute", total=cfg.rounds, info=f"queries {target.queries}")
-        for rho in range(cfg.rounds):
+        task = progress.add_task("substitute", total=cfg.rounds, completed=first, info=f"queries {queries()}")
+        for rho in range(first, cfg.rounds):
             if rho and not cfg.warm_start:
                 model = new_substitute(cfg, class_names, device)
             seconds = train_round(model, images, labels, cfg, gen)
-            row = {"round": rho, "set_size": len(images), "queries": target.queries, "train_seconds": round(seconds, 2)}
+            row = {"round": rho, "set_size": len(images), "queries": queries(), "train_seconds": round(seconds, 2)}
             if probe is not None:
                 row["probe"] = agreement(model, *probe)
             rounds.append(row)
-            info = f"queries {target.queries}/{cfg.budget}  set {len(images)}" + (
+            info = f"queries {queries()}/{cfg.budget}  set {len(images)}" + (
                 f"  agreement {row['probe']['agreement']:.1%}" if "probe" in row else "")
             progress.update(task, advance=1, info=info)
             if show_progress:
                 console.print(f"round {rho}: {info}  ({seconds:.1f} s)")
             if rho == cfg.rounds - 1:
                 break
-            new = min(len(images), cfg.kappa or len(images), cfg.budget - target.queries)
+            new = min(len(images), cfg.kappa or len(images), cfg.budget - queries())
             if new < 1:
                 stopped = "budget spent"
                 break
@@ -473,6 +550,11 @@ def papernot_rounds(cfg: SubstituteConfig, target: QueryTarget, seeds: torch.Ten
                 break
             row.update(new_points=new, reservoir=new < len(images), **{"lambda": lam})
             images, labels = torch.cat([images, fresh]), torch.cat([labels, fresh_labels])
+            tensors = {"images": images, "labels": labels, "gen_state": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                       **{f"model.{k}": v for k, v in model.net.state_dict().items()}}
+            if probe is not None:
+                tensors["probe_labels"] = probe[1]
+            save_checkpoint(cfg, {"next_round": rho + 1, "rounds": rounds, "queries": queries()}, tensors)
     return model, rounds, stopped
 
 

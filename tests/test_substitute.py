@@ -177,3 +177,52 @@ def test_non_empty_folder_that_is_not_a_substitute_is_refused(tmp_path, capsys):
 def test_bad_settings_are_one_line_errors(tmp_path, capsys, option, value, fragment):
     code, _, err = run_cli(capsys, "substitute", "--oracle", "signs", "--out", tmp_path / "s", *SMALL, option, value)
     assert_one_line_error(code, err, fragment)
+
+
+def test_an_interrupted_run_resumes_from_its_last_round_without_paying_twice(tmp_path, monkeypatch):
+    import physical_adv.substitute as substitute
+
+    def cfg(out):
+        return SubstituteConfig(oracle="signs", out=out, budget=60, rounds=3, per_class=2, epochs=1, probe=14,
+                                input_size=32, device="cpu")
+
+    whole = train_substitute(cfg(tmp_path / "whole"), show_progress=False, target=_counted(60)[0], probe_target=_counted(None)[0])
+
+    real_train, calls = substitute.train_round, []
+
+    def ctrl_c_in_the_second_round(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(substitute, "train_round", ctrl_c_in_the_second_round)
+    first, first_counter = _counted(60)
+    with pytest.raises(KeyboardInterrupt):
+        train_substitute(cfg(tmp_path / "sub"), show_progress=False, target=first, probe_target=_counted(None)[0])
+    assert not (tmp_path / "sub").exists() and substitute.checkpoint_path(tmp_path / "sub").is_file()
+    assert first_counter.images == 56  # 28 seeds + 28 from round 0's augmentation, kept in the checkpoint
+    monkeypatch.setattr(substitute, "train_round", real_train)
+
+    second, second_counter = _counted(60 - 56)
+    probe, probe_counter = _counted(None)
+    record = train_substitute(cfg(tmp_path / "sub"), show_progress=False, target=second, probe_target=probe)
+    assert second_counter.images == 4 and probe_counter.images == 0  # only what was still unpaid
+    assert record["queries"] == whole["queries"] == 60 and record["resumed_at_round"] == 1
+    assert [r["queries"] for r in record["rounds"]] == [r["queries"] for r in whole["rounds"]]
+    assert [r["probe"] for r in record["rounds"]] == [r["probe"] for r in whole["rounds"]]
+    resumed, uninterrupted = load_model(str(tmp_path / "sub"), "cpu"), load_model(str(tmp_path / "whole"), "cpu")
+    assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), uninterrupted.state_dict().values()))
+    assert not substitute.checkpoint_path(tmp_path / "sub").exists()
+
+
+def test_a_checkpoint_of_other_options_is_not_resumed(tmp_path, monkeypatch):
+    import physical_adv.substitute as substitute
+
+    cfg = SubstituteConfig(oracle="signs", out=tmp_path / "sub", budget=40, rounds=2, per_class=2, epochs=1, probe=0,
+                           input_size=32, device="cpu")
+    other = SubstituteConfig(**{**cfg.__dict__, "lam": 0.2})
+    substitute.save_checkpoint(other, {"next_round": 1, "rounds": [], "queries": 99}, {"labels": torch.zeros(1)})
+    target, counter = _counted(40)
+    record = train_substitute(cfg, show_progress=False, target=target)
+    assert record["resumed_at_round"] is None and counter.images == record["queries"] == 40
