@@ -40,3 +40,12 @@ def two_class_torchscript(folder, names):
         torch.jit.script(Net()).save(str(model))
     classes.write_text("\n".join(names) + "\n")
     return model, classes
+
+
+def default_sigint():
+    """``preexec_fn`` for a child that is sent Ctrl-C: SIGINT back to its default, so Python
+    installs its KeyboardInterrupt handler even when this test runs in a background job (whose
+    shell ignores SIGINT, an inherited setting the child would otherwise keep)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

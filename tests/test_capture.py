@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from capture_sheets import install_swapped_model, make_test_sheet, shared_sheet
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, default_sigint, run_cli
 from physical_adv.capture import CaptureConfig, run_capture
 from physical_adv.errors import UserError
 from physical_adv.sheet.render import render_pages
@@ -238,7 +238,7 @@ def test_killed_capture_leaves_a_readable_log(sheet, photos, tmp_path, sig):
     out = tmp_path / "s"
     proc = subprocess.Popen([sys.executable, "-m", "physical_adv", "capture", "--sheet", str(sheet.manifest_path),
                              "--images", str(many), "--out", str(out), "--no-window", "--device", "cpu"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=default_sigint)
     log = out / "detections.jsonl"
     deadline = time.time() + 60
     while time.time() < deadline and (not log.exists() or log.stat().st_size < 20_000):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, default_sigint, run_cli
 from physical_adv.blackbox.protocol import encode_request
 from physical_adv.blackbox.server import ANNOTATE_PATH, is_loopback, key_fingerprint, make_app, running_server
 from physical_adv.blackbox.target import ModelTarget
@@ -259,7 +259,7 @@ def test_serve_command_prints_its_url_answers_and_stops_cleanly_on_ctrl_c(images
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "physical_adv", "serve", "--port", "0", "--device", "cpu", "--budget", "7"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=Path(__file__).resolve().parents[1])
+                            cwd=Path(__file__).resolve().parents[1], preexec_fn=default_sigint)
     try:
         first = proc.stdout.readline()
         url = first.split(" at ")[1].split()[0]
