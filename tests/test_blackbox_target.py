@@ -372,9 +372,22 @@ class FakeVision(BaseHTTPRequestHandler):
         pass
 
 
+class _VisionServer(ThreadingHTTPServer):
+    """Joins its request threads on close (a "slow" answer outlives its client's timeout; it
+    must not write into a later test's stderr) and takes a client that hung up as normal."""
+
+    daemon_threads = False
+
+    def handle_error(self, request, client_address):
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
+
 @pytest.fixture()
 def vision():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeVision)
+    server = _VisionServer(("127.0.0.1", 0), FakeVision)
     server.behaviour, server.seen = "ok", []
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
