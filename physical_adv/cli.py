@@ -159,6 +159,7 @@ def attack_cmd(
 
     from physical_adv.attack.preview import success_text
     from physical_adv.attack.runner import AttackConfig, run_attack
+    from physical_adv.blackbox.target import is_url
 
     try:
         pos = tuple(float(v) for v in patch_pos.split(","))
@@ -171,7 +172,7 @@ def attack_cmd(
         goal = "".join(c if c.isalnum() else "-" for c in (target or "untargeted").lower())
         out = Path("runs") / f"{slug}-{goal}-{_time.strftime('%Y%m%d-%H%M%S')}"
     if model is None:
-        if oracle is not None and oracle.strip().lower().startswith(("http://", "https://")):
+        if oracle is not None and is_url(oracle):
             raise UserError("a URL oracle needs --model SPEC for the held-out check (checking without a local model is not built yet)")
         model = oracle if oracle is not None else "signs"
     cfg = build(AttackConfig, source=source, out=out, target=target, true_class=true_class, model=model, classes=classes, eps=eps, norm=norm, mask=mask, patch=patch,

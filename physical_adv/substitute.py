@@ -45,7 +45,7 @@ from physical_adv.blackbox.target import BudgetExhausted, QueryTarget, open_targ
 from physical_adv.classes import normalise
 from physical_adv.errors import UserError
 from physical_adv.images import IMAGE_SUFFIXES, load_image, to_batch
-from physical_adv.models.archs import ARCHS, DEFAULT_INPUT_SIZE, build_arch
+from physical_adv.models.archs import DEFAULT_INPUT_SIZE, build_arch, check_arch
 from physical_adv.models.base import Classifier, ModelCard
 from physical_adv.models.signs_net import SIGNS_INPUT_SIZE, SIGNS_MEAN, SIGNS_STD
 from physical_adv.models.stored import save_model
@@ -121,12 +121,9 @@ class SubstituteConfig:
             raise ValueError(f"lr must be in (0, 1), got {self.lr}")
         if self.probe < 0:
             raise ValueError(f"probe must be ≥ 0 scenes, got {self.probe}")
-        if self.arch not in ARCHS:
-            raise ValueError(f"unknown architecture {self.arch!r}; known: {', '.join(sorted(ARCHS))}")
+        check_arch(self.arch, self.input_size)
         if self.width < 4:
             raise ValueError(f"width must be at least 4, got {self.width}")
-        if self.input_size is not None and not 16 <= self.input_size <= 256:
-            raise ValueError(f"input-size must be in [16, 256], got {self.input_size}")
         for name in ("jitter", "query_jitter"):
             if getattr(self, name) not in JITTERS:
                 raise ValueError(f"{name.replace('_', '-')} must be one of {', '.join(JITTERS)}, got {getattr(self, name)!r}")
@@ -200,10 +197,9 @@ def known_classes(classes: str | None) -> tuple[str, ...]:
         from physical_adv.signs.designs import CLASS_NAMES
 
         return tuple(CLASS_NAMES)
-    try:
-        names = [line.strip() for line in Path(classes).read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read the class list {classes}: {exc}") from None
+    from physical_adv.models.scripted import read_class_names
+
+    names = read_class_names(classes)  # the one class-file reader (blank lines and # comments skipped)
     if len(names) < 2 or len({normalise(n) for n in names}) != len(names):
         raise UserError(f"the class list {classes} needs at least two distinct names, one per line")
     return tuple(names)

@@ -48,8 +48,8 @@ from physical_adv.attack.loop import LoopResult, StepReport, optimize
 from physical_adv.attack.objectives import OBJECTIVES, default_palette, non_printability, total_variation
 from physical_adv.attack.threat import L2Ball, LinfBall, Patch, ThreatModel
 from physical_adv.attack.transfer import InputDiversity, Momentum, TranslationInvariance, evaluate_transfer
-from physical_adv.attack.transfer import is_url as _is_url
 from physical_adv.attack.transfer import open_transfer_targets
+from physical_adv.blackbox.target import is_url
 from physical_adv.classes import class_index
 from physical_adv.errors import UserError
 from physical_adv.images import load_image, save_png
@@ -413,7 +413,7 @@ def held_with_margin(cfg: AttackConfig, window: int) -> Callable[[list[StepRepor
 
 def _goal_owner(cfg: AttackConfig, spec: str) -> str:
     """Whose class names the goal is looked up in (a URL oracle's are taken to be ``--model``'s)."""
-    if cfg.oracle is not None and _is_url(cfg.oracle):
+    if cfg.oracle is not None and is_url(cfg.oracle):
         return f"model {spec} (a URL oracle is taken to answer --model's class names)"
     return f"model {spec}"
 
@@ -525,19 +525,17 @@ def run_attack(cfg: AttackConfig, show_progress: bool = True) -> AttackResult:
 
 def _clean_prediction(model, clean: torch.Tensor, generator: torch.Generator) -> int:
     """The model's class for the clean texture, area-downsampled to its input (the ``none`` render)."""
-    none = eot.load_distribution("none")
     with torch.no_grad():
-        params = eot.sample(none, 1, clean.shape[-1], model.input_size, generator, clean.device)
-        return int(model(eot.render(clean, params)).argmax(1)[0])
+        return int(model(_clean_view(model, clean, generator)).argmax(1)[0])
 
 
-def _clean_view(model, clean: torch.Tensor) -> torch.Tensor:
-    """The clean texture area-downsampled to the model's input ``(1, 3, h, w)`` (the probe
-    sent once to a ``--transfer-to`` URL; the ``none`` render draws nothing random)."""
+def _clean_view(model, clean: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The clean texture area-downsampled to the model's input ``(1, 3, h, w)`` by the ``none``
+    render (also the probe sent once to a ``--transfer-to`` URL; ``generator`` defaults to a fresh one)."""
     none = eot.load_distribution("none")
+    generator = generator if generator is not None else torch.Generator(device=clean.device).manual_seed(0)
     with torch.no_grad():
-        g = torch.Generator(device=clean.device).manual_seed(0)
-        return eot.render(clean, eot.sample(none, 1, clean.shape[-1], model.input_size, g, clean.device))
+        return eot.render(clean, eot.sample(none, 1, clean.shape[-1], model.input_size, generator, clean.device))
 
 
 def _record(cfg: AttackConfig, model, goal: Goal, clean_pred: int, dists: Distributions, seeds: tuple[int, int],

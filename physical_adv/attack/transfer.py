@@ -150,11 +150,6 @@ def classify(model, images: torch.Tensor) -> tuple[list[str], torch.Tensor]:
     return [model.class_names[i] for i in probs.argmax(1).tolist()], probs
 
 
-def is_url(spec: str) -> bool:
-    """Whether a model spec names an ``http(s)://`` label-detection API."""
-    return spec.strip().lower().startswith(("http://", "https://"))
-
-
 def open_transfer_targets(specs: tuple[str, ...], class_names: list[str], probe: torch.Tensor,
                           device: torch.device, classes: str | None = None) -> list[TransferTarget]:
     """Load every ``--transfer-to`` model, or open and probe every URL, before an attack starts.
@@ -171,7 +166,7 @@ def open_transfer_targets(specs: tuple[str, ...], class_names: list[str], probe:
     Raises:
         UserError: an unknown spec, a URL that does not answer, or other classes.
     """
-    from physical_adv.blackbox.target import open_target
+    from physical_adv.blackbox.target import is_url, open_target
     from physical_adv.models import load_model
 
     known = {normalise(n) for n in class_names}

@@ -311,12 +311,18 @@ def open_target(
         A :class:`HttpTarget` for a URL, else a :class:`ModelTarget`. Bad settings raise :class:`UserError`.
     """
     check_settings(mode, top_k, budget)
-    if spec_or_url.strip().lower().startswith(("http://", "https://")):
+    if is_url(spec_or_url):
         return HttpTarget(spec_or_url, mode, top_k, budget)
     return ModelTarget(spec_or_url, mode, top_k, budget, device, classes)
 
 
+def is_url(spec: str) -> bool:
+    """Whether a target spec names an ``http(s)://`` label-detection API (else it is a model spec)."""
+    return spec.strip().lower().startswith(("http://", "https://"))
+
+
 __all__ = [
+    "is_url",
     "MODES",
     "BudgetExhausted",
     "HttpTarget",

@@ -57,6 +57,18 @@ ARCHS: dict[str, type[nn.Module]] = {"signnet": SignNet, "resnet": SignResNet}
 DEFAULT_INPUT_SIZE = {"signnet": 64, "resnet": 48}
 
 
+def check_arch(arch: str, input_size: int | None) -> None:
+    """Validate a training config's architecture and input side (``None``: the architecture's).
+
+    Raises:
+        ValueError: an unknown architecture or an input side outside [16, 256].
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHS))}")
+    if input_size is not None and not 16 <= input_size <= 256:
+        raise ValueError(f"input-size must be in [16, 256], got {input_size}")
+
+
 def build_arch(arch: str, num_classes: int, **kwargs) -> nn.Module:
     """The network ``arch`` with ``num_classes`` outputs (``kwargs``: e.g. ``width``)."""
     try:

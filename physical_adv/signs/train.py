@@ -22,7 +22,7 @@ from physical_adv.artifacts import software_versions, utc_now
 from physical_adv.models.stored import save_model
 from physical_adv.images import to_batch
 from physical_adv.models.base import Classifier, ModelCard
-from physical_adv.models.archs import ARCHS, DEFAULT_INPUT_SIZE, build_arch
+from physical_adv.models.archs import DEFAULT_INPUT_SIZE, build_arch, check_arch
 from physical_adv.models.signs_net import SIGNS_INPUT_SIZE, SIGNS_MEAN, SIGNS_STD
 from physical_adv.signs.designs import CLASS_NAMES
 from physical_adv.signs.scenes import SignBank, render_batch, render_scene
@@ -62,10 +62,7 @@ class TrainConfig:
             raise ValueError("workers must be ≥ 0 and threads ≥ 1")
         if self.eval_samples < 0:
             raise ValueError(f"eval_samples must be ≥ 0, got {self.eval_samples}")
-        if self.arch not in ARCHS:
-            raise ValueError(f"unknown architecture {self.arch!r}; known: {', '.join(sorted(ARCHS))}")
-        if self.input_size is not None and not 16 <= self.input_size <= 256:
-            raise ValueError(f"input_size must be in [16, 256], got {self.input_size}")
+        check_arch(self.arch, self.input_size)
 
     @property
     def net_input_size(self) -> int:
