@@ -379,6 +379,70 @@ def substitute_cmd(
     typer.echo(f"wrote {out} ({record['queries']} oracle labels + {record['probe_queries']} probe{agree})")
 
 
+@app.command("evaluate")
+def evaluate_cmd(
+    model: List[str] = typer.Option(..., "--model", "-m", help="Model spec to evaluate; repeat --model for models side by side (a,b in one spec is an ensemble)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for evaluate.json and the attack run directories (runs/<model>/<item>-seed<k>); rerun the same command to resume."),
+    attacks: str = typer.Option("default", "--attacks", help="The suite: default (clean accuracy on mixed scenes and print tiles, PGD-50 ×3 restarts at 8 and 16/255, EOT L∞ at 16 and 32/255, 10 % and 25 % square stickers stop → speed limit 80) or a suite .toml file of the same format (physical_adv/suites/default.toml)."),
+    runs: List[str] = typer.Option([], "--runs", help="An attack run directory made against any model: its adversarial.png is scored on each --model over the run's own held-out draws (a transfer row); repeatable."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Optimisation seeds of every EOT item (one run each; the row gives mean and min–max over seeds)."),
+    quick: bool = typer.Option(False, "--quick", help="Smoke run with tiny sizes: clean n ≤ 100; PGD n ≤ 16, ≤ 5 steps, ≤ 2 restarts; EOT ≤ 3 steps, ≤ 4 samples, ≤ 50 held-out draws, texture ≤ 128 px. Its figures mean nothing."),
+    device: str = DeviceOpt,
+) -> None:
+    """Run one fixed suite of attacks on each model and print one table, a column per model: clean accuracy, digital PGD robust accuracy, and EOT attacks re-optimised against each model (held-out print-camera success over seeds). Writes OUT/evaluate.json after every item; interrupted? rerun the same command: finished attack runs are read, not recomputed."""
+    from physical_adv.evaluate import EvaluateConfig, parse_seeds, print_table, run_evaluate
+
+    cfg = build(EvaluateConfig, models=tuple(model), out=out, attacks=attacks, runs=tuple(runs), seeds=parse_seeds(seeds),
+                quick=quick, device=device)
+    record = run_evaluate(cfg)
+    print_table(record)
+    typer.echo(f"wrote {out / 'evaluate.json'} ({record['wall_seconds']:.0f} s)")
+
+
+@app.command("harden")
+def harden_cmd(
+    out: Path = typer.Option(..., "--out", "-o", help="Model directory to write (model.safetensors, model.json, harden.json); use it as --model DIR in any command."),
+    model: str = typer.Option("signs", "--model", "-m", help="The stored model to fine-tune: signs, signs-resnet, or a model directory / .safetensors file (TorchScript is frozen and cannot be trained)."),
+    method: List[str] = typer.Option(["pgd"], "--method", help="pgd (Madry et al. 2018), fast (FGSM + random start, Wong et al. 2020), eot (L∞ on the printed tile through print-and-camera draws) or occlusion (DOA rectangles, Wu et al. 2020); repeat or comma-join to mix them in every batch."),
+    eps: float = typer.Option(8.0, "--eps", help="L∞ budget in /255 (pgd, fast, eot), in (0, 64]."),
+    steps: int = typer.Option(5, "--steps", help="Inner attack steps (pgd, eot, occlusion; fast takes one)."),
+    epochs: int = typer.Option(5, "--epochs", help="Epochs; a checkpoint is written after each."),
+    samples: int = typer.Option(20_000, "--samples", help="Training examples per epoch (signs scenes are drawn fresh)."),
+    batch_size: int = typer.Option(128, "--batch-size", help="Examples per optimisation step, clean and adversarial together."),
+    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (one-cycle; triangular for fast alone)."),
+    clean_fraction: float = typer.Option(0.5, "--clean-fraction", help="Share of every batch that is clean scenes (keeps clean accuracy)."),
+    sticker_area: str = typer.Option("0.05,0.3", "--sticker-area", help="occlusion: rectangle area range LO,HI as fractions of the tile."),
+    eps_warmup: float = typer.Option(1.0, "--eps-warmup", help="Epochs over which ε ramps up linearly from 0 (0 = none)."),
+    eot_name: str = typer.Option("print-camera", "--eot", help="The print-and-camera distribution of eot and occlusion (a preset or .toml)."),
+    texture_size: int = typer.Option(128, "--texture-size", help="Side of the training tiles, pixels (eot, occlusion)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Training images for a non-signs model: a folder with one subfolder per class, named as the model's classes."),
+    check_samples: int = typer.Option(256, "--check-samples", help="Held-out examples of the per-epoch check (clean, FGSM, PGD, and eot/occlusion accuracy)."),
+    check_steps: int = typer.Option(10, "--check-steps", help="PGD steps of the per-epoch check."),
+    overfit_check: bool = typer.Option(True, "--overfit-check/--no-overfit-check", help="fast: stop at catastrophic overfitting (held-out PGD accuracy more than --overfit-drop below its best) and keep the best epoch."),
+    overfit_drop: float = typer.Option(0.2, "--overfit-drop", help="The PGD-accuracy fall that counts as catastrophic overfitting."),
+    seed: int = typer.Option(0, "--seed", help="Seeds every random draw (scenes, attacks, check set)."),
+    threads: int = typer.Option(2, "--threads", help="CPU threads."),
+    device: str = DeviceOpt,
+) -> None:
+    """Adversarially fine-tune a model (pgd, fast, eot, occlusion) with held-out clean and robust accuracy after every epoch. Interrupted (Ctrl-C, crash)? Rerun the same command: it resumes after the last finished epoch."""
+    from physical_adv.harden import HardenConfig, harden
+
+    try:
+        lo, hi = (float(v) for v in sticker_area.split(","))
+    except ValueError:
+        raise UserError(f"--sticker-area must be LO,HI fractions like 0.05,0.3, got {sticker_area!r}") from None
+    methods = tuple(m.strip() for item in method for m in item.split(",") if m.strip())
+    cfg = build(HardenConfig, out=out, model=model, methods=methods, eps=eps, steps=steps, epochs=epochs, samples=samples,
+                batch_size=batch_size, lr=lr, clean_fraction=clean_fraction, sticker_area=(lo, hi), eps_warmup=eps_warmup,
+                eot=eot_name, texture_size=texture_size, data=data, check_samples=check_samples, check_steps=check_steps,
+                overfit_check=overfit_check, overfit_drop=overfit_drop, seed=seed, threads=threads, device=device)
+    record = harden(cfg)
+    m = record["metrics"]
+    acc = f", held-out clean accuracy {m['heldout']['accuracy']:.4f}" if "heldout" in m else ""
+    stop = " — stopped at catastrophic overfitting" if record["catastrophic_overfitting"] else ""
+    typer.echo(f"wrote {out} ({record['train_seconds']:.0f} s, {record['epochs_run']} epochs{acc}){stop}")
+
+
 @app.command("serve")
 def serve_cmd(
     model: str = ModelOpt,
