@@ -474,3 +474,26 @@ def test_a_black_box_run_on_a_simulated_photo_is_reported_as_black_box(tmp_path,
                       "wb:adversarial": "white-box", "wb:clean": None}
     assert all(t["found"] == 1 for t in report["tiles"])  # the labelled sheet is still located in the photo
     assert next(t for t in report["tiles"] if t["attack"] and t["attack"].startswith("black-box"))["blackbox"]["queries"] == 40
+
+
+def test_a_sheet_holding_two_models_is_compared_before_vs_after(tmp_path, capsys):
+    """Runs against signs and signs-hardened on one sheet: a per-model breakdown pools each model's tiles."""
+    hardened = [dict(t, model="signs-hardened", tile_id=f"0{int(t['tile_id']) + 2}", run="runs/h") for t in PAIR]
+    lines = _copies_log(copies=1, photos=10, fooled=7)
+    # the hardened model's adversarial tile fools it in 2 of the 10 photos, its control never
+    lines += [_line(f, "03", _top5("yield" if f < 2 else "stop")) for f in range(10)]
+    lines += [_line(f, "04", _top5("stop")) for f in range(10)]
+    capture = write_capture(tmp_path / "c", PAIR + hardened, lines)
+    code, out, err = run_cli(capsys, "report", capture)
+    assert code == 0, err
+    report = json.loads((capture / "report.json").read_text())
+    before, after = report["by_model"]["signs"], report["by_model"]["signs-hardened"]
+    assert before["adversarial"]["untargeted_success"]["rate"] == pytest.approx(0.7)
+    assert after["adversarial"]["untargeted_success"]["rate"] == pytest.approx(0.2)
+    assert before["clean"]["accuracy"]["rate"] == after["clean"]["accuracy"]["rate"] == 1.0
+    assert {t["tile_id"]: t["model"] for t in report["tiles"]} == {"01": "signs", "02": "signs", "03": "signs-hardened",
+                                                                     "04": "signs-hardened"}
+    assert "by model" in out and "signs-hardened" in out
+    assert "<h2>By model</h2>" in (capture / "report.html").read_text()
+    single = compute_report(pool([write_capture(tmp_path / "one", PAIR, _copies_log(copies=1))]))
+    assert "by_model" not in single

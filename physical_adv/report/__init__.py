@@ -246,6 +246,7 @@ def tile_stats(tile: dict, lines: list[dict]) -> dict:
     return {
         "tile_id": tile["tile_id"], "kind": tile["kind"], "run": tile["run"], "true_class": true,
         "target_class": target, "attack": attack_label(tile), "blackbox": tile.get("blackbox"),
+        "model": tile_model(tile),
         "frames": len(lines), "found": len(found),
         **{name: rates[name]["rate"] if name in rates else None
            for name in ("detection_rate", "targeted_success", "untargeted_success", "accuracy")},
@@ -267,6 +268,25 @@ def _kind_summary(tiles: dict[str, dict], lines_by_tile: dict[str, list[dict]], 
         targeted = [l for l in found if tiles[l["tile_id"]].get("target_class")]
         out["targeted_success"] = _rate(targeted, lambda l: attack_succeeded(
             l["pred"], tiles[l["tile_id"]]["true_class"], tiles[l["tile_id"]]["target_class"]))
+    return out
+
+
+def tile_model(tile: dict) -> str | None:
+    """The model that classified a tile's photos: ``capture --model``'s, else the sheet's scorer."""
+    return tile.get("photo_model") or tile.get("model")
+
+
+def by_model(tiles: dict[str, dict], lines_by_tile: dict[str, list[dict]]) -> dict[str, dict] | None:
+    """Adversarial and clean rates pooled per classifying model — a sheet holding runs against two
+    models (say ``signs`` and ``signs-hardened``) compares them before vs after; ``None`` for one model."""
+    models = sorted({str(tile_model(t)) for t in tiles.values()})
+    if len(models) < 2:
+        return None
+    out = {}
+    for m in models:
+        mine = {tid: t for tid, t in tiles.items() if str(tile_model(t)) == m}
+        out[m] = {"adversarial": _kind_summary(mine, lines_by_tile, "adversarial"),
+                  "clean": _kind_summary(mine, lines_by_tile, "clean")}
     return out
 
 
@@ -297,6 +317,9 @@ def compute_report(obs: Observations, by: str | None = None) -> dict:
                     "clean": _kind_summary(obs.tiles, lines_by_tile, "clean"), **destruction},
         "versions": software_versions(),
     }
+    models = by_model(obs.tiles, lines_by_tile)
+    if models is not None:
+        report["by_model"] = models
     if by:
         groups: dict[str, list[dict]] = defaultdict(list)
         for line in obs.lines:

@@ -110,6 +110,23 @@ def _with_ci(value: float | None, ci) -> str:
     return _pct(value) + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
 
 
+def _by_model_section(report: dict) -> str:
+    """Before vs after: the pooled rates of each model's tiles, when the sheet holds more than one model."""
+    if "by_model" not in report:
+        return ""
+    rows = []
+    for model, k in report["by_model"].items():
+        adv, clean = k["adversarial"], k["clean"]
+        cells = [_with_ci(adv[n]["rate"], adv[n]["ci95"]) if n in adv else "–" for n in ("targeted_success", "untargeted_success")]
+        acc = _with_ci(clean["accuracy"]["rate"], clean["accuracy"]["ci95"]) if "accuracy" in clean else "–"
+        rows.append(f"<tr><td>{html.escape(model)}</td><td>{adv['tiles']}</td><td>{adv['found']}</td><td>{cells[0]}</td>"
+                    f"<td>{cells[1]}</td><td>{clean['found']}</td><td>{acc}</td></tr>")
+    return ("<h2>By model</h2><p>The same sheet, photographed together: each model's adversarial tiles (made against it) "
+            "and clean controls, pooled (95 % intervals as below).</p><table><tr><th>model</th><th>adversarial tiles</th>"
+            "<th>found</th><th>targeted</th><th>untargeted</th><th>clean found</th><th>clean accuracy</th></tr>"
+            f"{''.join(rows)}</table>\n")
+
+
 def _tile_rows(report: dict) -> str:
     rows = []
     for t in report["tiles"]:
@@ -118,7 +135,8 @@ def _tile_rows(report: dict) -> str:
         rows.append(
             f'<tr data-tile="{t["tile_id"]}"><td>{t["tile_id"]}</td><td>{t["kind"]}</td><td>{html.escape(t["true_class"])}</td>'
             f'<td>{html.escape(t["target_class"] or "–") if t["kind"] == "adversarial" else "–"}</td>'
-            f'<td class="attack">{html.escape(t.get("attack") or "–")}</td><td>{t["found"]}/{t["frames"]}</td>'
+            f'<td class="attack">{html.escape(t.get("attack") or "–")}</td><td>{html.escape(str(t.get("model") or "–"))}</td>'
+            f'<td>{t["found"]}/{t["frames"]}</td>'
             f'{cells}</tr>')
     return "".join(rows)
 
@@ -194,7 +212,7 @@ of {adv['found']} found observations; targeted success <b>{_pct(adv['targeted_su
 Clean controls: accuracy <b>{_pct(clean['accuracy']['rate'])}</b> of {clean['found']}.</p>
 <p>{len(report['sessions'])} capture session(s), {sum(s['lines'] for s in report['sessions'])} observations;
 {report['skipped_lines']} incomplete log line(s) skipped. Generated {html.escape(report['created'])}.</p>
-<h2>Tiles</h2>
+{_by_model_section(report)}<h2>Tiles</h2>
 <p class="method">How the numbers are counted: {html.escape(report['denominators'])}.
 Intervals: {html.escape(report['intervals']['description'])}. A segment ends when the tile is found with its corners moved by more than
 {100 * report['intervals']['segment_rule']['max_move']:.0f} % of its apparent size (however long ago it was last found),
@@ -202,7 +220,7 @@ when more than {report['intervals']['segment_rule']['max_gap_s']:g} s pass where
 not found, or not yet found in the segment), or when the session changes; a frame in which the tile was not found
 otherwise stays in its segment.
 "undefined" marks a rate with no observation.</p>
-<table><tr><th>tile</th><th>kind</th><th>true</th><th>target</th><th>attack</th><th>found</th><th>targeted</th><th>untargeted</th><th>accuracy</th></tr>
+<table><tr><th>tile</th><th>kind</th><th>true</th><th>target</th><th>attack</th><th>model</th><th>found</th><th>targeted</th><th>untargeted</th><th>accuracy</th></tr>
 {_tile_rows(report)}</table>
 <img alt="survival per tile" src="{survival_plot(report)}">
 {_destruction_section(report)}

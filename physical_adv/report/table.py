@@ -61,20 +61,39 @@ def by_tag_table(report: dict) -> Table:
     return table
 
 
+def by_model_table(report: dict) -> Table:
+    """Before vs after: each model's adversarial and clean tiles pooled (a sheet holding runs against several models)."""
+    table = Table(title="by model (the same sheet and photos; same intervals)")
+    table.add_column("model", min_width=14)
+    for col in ("adversarial found", "targeted", "untargeted", "clean found", "clean accuracy"):
+        table.add_column(col)
+    for model, k in report["by_model"].items():
+        adv, clean = k["adversarial"], k["clean"]
+        rate = lambda d, n: cell(d[n]["rate"], d[n]["ci95"]) if n in d else UNDEFINED  # noqa: E731
+        table.add_row(model, str(adv["found"]), rate(adv, "targeted_success"), rate(adv, "untargeted_success"),
+                      str(clean["found"]), rate(clean, "accuracy"))
+    return table
+
+
 def print_table(report: dict) -> None:
     """Print the tiles' rates, the destruction rates and warnings to the terminal."""
     table = Table(title=f"sheet {report['sheet_id']}: survival over found frames; 95 % Wilson intervals on the "
                         "effective sample size of clustered frames (design effect over segments)")
-    for col in ("tile", "kind", "true → target", "attack", "found", "targeted", "untargeted", "accuracy"):
+    several = "by_model" in report  # a model column only when the sheet holds runs against several models
+    for col in ("tile", "kind", "true → target", "attack", *(("model",) if several else ()), "found", "targeted",
+                "untargeted", "accuracy"):
         table.add_column(col, min_width=9 if col == "attack" else None)  # "black-box" / "white-box" never cut
     for t in report["tiles"]:
         goal = t["true_class"] + (f" → {t['target_class']}" if t["target_class"] and t["kind"] == "adversarial" else "")
-        table.add_row(t["tile_id"], t["kind"], goal, t.get("attack") or UNDEFINED, f"{t['found']}/{t['frames']}",
+        table.add_row(t["tile_id"], t["kind"], goal, t.get("attack") or UNDEFINED,
+                      *((str(t.get("model") or UNDEFINED),) if several else ()), f"{t['found']}/{t['frames']}",
                       cell(t["targeted_success"], t["ci"].get("targeted_success")),
                       cell(t["untargeted_success"], t["ci"].get("untargeted_success")),
                       cell(t["accuracy"], t["ci"].get("accuracy")))
     console = Console()
     console.print(table)
+    if "by_model" in report:
+        console.print(by_model_table(report))
     if "by" in report:
         console.print(by_tag_table(report))
     for line in destruction_lines(report):
