@@ -420,6 +420,8 @@ def harden_cmd(
     check_steps: int = typer.Option(10, "--check-steps", help="PGD steps of the per-epoch check."),
     overfit_check: bool = typer.Option(True, "--overfit-check/--no-overfit-check", help="fast: stop at catastrophic overfitting (held-out PGD accuracy more than --overfit-drop below its best) and keep the best epoch."),
     overfit_drop: float = typer.Option(0.2, "--overfit-drop", help="The PGD-accuracy fall that counts as catastrophic overfitting."),
+    fast_alpha: float = typer.Option(1.25, "--fast-alpha", help="fast: the FGSM step as a multiple of ε (Wong et al. 1.25; larger steps overfit catastrophically)."),
+    from_scratch: bool = typer.Option(False, "--from-scratch", help="Train the model's architecture from fresh seeded weights instead of fine-tuning its weights."),
     seed: int = typer.Option(0, "--seed", help="Seeds every random draw (scenes, attacks, check set)."),
     threads: int = typer.Option(2, "--threads", help="CPU threads."),
     device: str = DeviceOpt,
@@ -435,7 +437,8 @@ def harden_cmd(
     cfg = build(HardenConfig, out=out, model=model, methods=methods, eps=eps, steps=steps, epochs=epochs, samples=samples,
                 batch_size=batch_size, lr=lr, clean_fraction=clean_fraction, sticker_area=(lo, hi), eps_warmup=eps_warmup,
                 eot=eot_name, texture_size=texture_size, data=data, check_samples=check_samples, check_steps=check_steps,
-                overfit_check=overfit_check, overfit_drop=overfit_drop, seed=seed, threads=threads, device=device)
+                overfit_check=overfit_check, overfit_drop=overfit_drop, fast_alpha=fast_alpha, from_scratch=from_scratch,
+                seed=seed, threads=threads, device=device)
     record = harden(cfg)
     m = record["metrics"]
     acc = f", held-out clean accuracy {m['heldout']['accuracy']:.4f}" if "heldout" in m else ""

@@ -99,6 +99,8 @@ class HardenConfig:
         check_samples, check_steps: the held-out check after each epoch (its PGD's steps).
         overfit_check, overfit_drop: stop at catastrophic overfitting (PGD accuracy more than
             ``overfit_drop`` below its best).
+        from_scratch: train the model's architecture from fresh random weights (seeded)
+            instead of fine-tuning its weights (the papers' protocol).
     """
 
     out: Path
@@ -122,6 +124,7 @@ class HardenConfig:
     check_steps: int = 10
     overfit_check: bool = True
     overfit_drop: float = 0.2
+    from_scratch: bool = False
     seed: int = 0
     threads: int = 2
     device: str = "cpu"
@@ -490,6 +493,11 @@ def harden(cfg: HardenConfig, show_progress: bool = True) -> dict:
     dist = eot.load_distribution(cfg.eot)
     model = load_model(cfg.model, cfg.device)
     arch, arch_kwargs = trainable(model)
+    if cfg.from_scratch:
+        from physical_adv.models.archs import build_arch
+
+        torch.manual_seed(cfg.seed)
+        model.net = build_arch(arch, len(model.class_names), **arch_kwargs).to(model.device)
     names = list(model.class_names)
     signs_family = [normalise(n) for n in names] == [normalise(n) for n in CLASS_NAMES]
     if cfg.data is None and not signs_family:
