@@ -475,11 +475,21 @@ def pgd_row(item: PGDItem, entrant: Entrant, show_progress: bool = True) -> dict
         return not_applicable(item, entrant, _NOT_SIGNS.format(spec=entrant.spec))
     images, labels = heldout_scenes(item.n, item.scenes)
     generator = torch.Generator(device=entrant.model.device).manual_seed(PGD_SEED)
-    batch = 250
+    batch, t0 = 250, time.time()
+    total = -(-item.n // batch) * item.restarts
     with make_progress(disable=not show_progress) as progress:
-        task = progress.add_task(f"{item.id} {entrant.spec}", total=-(-item.n // batch) * item.restarts, info="")
+        task = progress.add_task(f"{item.id} {entrant.spec}", total=total, info="")
+
+        done = [0]
+
+        def advance() -> None:
+            progress.update(task, advance=1)
+            done[0] += 1
+            if show_progress and not console.is_terminal:  # a log file gets a line per (batch, restart)
+                console.print(f"  PGD batch×restart {done[0]}/{total} ({time.time() - t0:.0f} s)")
+
         clean_ok, robust = pgd_robust(entrant.model, images, labels, item.eps / 255, item.alpha_value / 255, item.steps,
-                                      item.restarts, generator, batch, lambda: progress.update(task, advance=1))
+                                      item.restarts, generator, batch, advance)
     k = int(robust.sum())
     return {"item": item.id, "kind": item.kind, "label": item.title, "model": entrant.spec, "applies": True,
             **_rate(k, item.n), "better": "higher", "clean_accuracy_same_scenes": float(clean_ok.float().mean()),
