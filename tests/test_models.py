@@ -167,3 +167,19 @@ def test_the_second_signs_model_ships_in_the_package_under_3_mb_and_differs_from
 
     record = json.loads(path.with_suffix(".json").read_text())
     assert record["config"]["seed"] != json.loads(EMBEDDED["signs"][0].with_suffix(".json").read_text())["config"]["seed"]
+
+
+def test_the_hardened_signs_model_ships_under_3_mb_with_its_harden_record(signs_model):
+    from physical_adv.models.embedded import EMBEDDED
+
+    path = EMBEDDED["signs-hardened"][0]
+    assert path.is_file() and path.stat().st_size <= 3 * 1024 * 1024
+    hardened = load_model("signs-hardened", "cpu")
+    assert hardened.class_names == signs_model.class_names and hardened.input_size == signs_model.input_size
+    differ = [not torch.equal(a, b) for a, b in zip(hardened.state_dict().values(), signs_model.state_dict().values())]
+    assert any(differ)
+    import json
+
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert record["model"] == "hardened" and record["base_model"]["spec"] == "signs"
+    assert set(record["config"]["methods"]) == {"occlusion", "eot"} and record["config"]["eps"] == 32

@@ -12,7 +12,7 @@ from physical_adv.signs.designs import OFF_STYLES
 from physical_adv.signs.scenes import SCENE_KINDS, SignBank, render_scene
 from physical_adv.signs.train import evaluate, evaluate_style
 
-EMBEDDED = ["signs", "signs-resnet"]
+EMBEDDED = ["signs", "signs-resnet", "signs-hardened"]
 
 
 @pytest.fixture(scope="module", params=EMBEDDED)

@@ -12,11 +12,14 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SIGNS_WEIGHTS = WEIGHTS_DIR / "signs.safetensors"
 SIGNS_RECORD = WEIGHTS_DIR / "signs.json"
 
-# spec → (weights file, one-line description); every one is trained by `physical-adv train-signs`
+# spec → (weights file, one-line description); trained by `physical-adv train-signs` (signs-hardened: `harden`)
 EMBEDDED = {
     "signs": (SIGNS_WEIGHTS, "embedded traffic-sign classifier (SignNet CNN, seed 0), 14 classes, 64 px"),
     "signs-resnet": (WEIGHTS_DIR / "signs-resnet.safetensors",
                      "second, independently trained traffic-sign classifier (residual net, seed 1), 14 classes, 48 px"),
+    "signs-hardened": (WEIGHTS_DIR / "signs-hardened.safetensors",
+                       "signs adversarially fine-tuned (physical-adv harden: DOA occlusion + L∞ 32/255 on printed tiles "
+                       "through print-camera draws), 14 classes, 64 px"),
 }
 
 
