@@ -771,7 +771,10 @@ def print_table(record: dict, out_console=None) -> None:
                       {"higher": "↑", "lower": "↓"}.get(better, ""))
     if out_console is None:  # wide enough for one line per item when piped to a file (rich's default is 80)
         out_console = Console()
-        out_console = Console(width=max(out_console.width, 60 + 26 * len(specs))) if not out_console.is_terminal else out_console
+        if not out_console.is_terminal:
+            labels = max((len(r["label"]) for r in record["rows"]), default=10)
+            cells = max((len(format_cell(r)) for r in record["rows"]), default=10)
+            out_console = Console(width=max(out_console.width, labels + 20 + (cells + 3) * len(specs)))
     out_console.print(table)
     for note in sorted({r["reason"] for r in record["rows"] if not r["applies"]}):
         out_console.print(f"n/a: {note}")
