@@ -575,10 +575,13 @@ def eot_row(item: EOTItem, entrant: Entrant, seeds: tuple[int, ...], out: Path, 
                           + (" (finished run read)" if reused else f" ({m.get('wall_seconds', 0):.0f} s)"))
     s = seed_summary([p["value"] for p in per_seed])
     one = len(per_seed) == 1
+    ci95, method = (per_seed[0]["ci95"], "wilson (one seed)") if one else (s["t95"], "student-t over seeds")
+    if not one and s["min"] == s["max"]:  # every seed agrees: what is left is the draws' sampling error
+        hits, draws = sum(round(p["value"] * p["n"]) for p in per_seed), sum(p["n"] for p in per_seed)
+        ci95, method = [round(v, 4) for v in wilson_interval(hits, draws)], "wilson over the pooled draws (every seed agrees)"
     goal = f"read as {record['target_class']}" if record["target_class"] else f"not read as {record['true_class']}"
     return {"item": item.id, "kind": item.kind, "label": item.title, "model": entrant.spec, "applies": True,
-            "value": s["mean"], "ci95": per_seed[0]["ci95"] if one else s["t95"],
-            "ci95_method": "wilson (one seed)" if one else "student-t over seeds", "n": per_seed[0]["n"],
+            "value": s["mean"], "ci95": ci95, "ci95_method": method, "n": per_seed[0]["n"],
             "min": s["min"], "max": s["max"], "seeds": list(seeds), "per_seed": per_seed, "better": "lower",
             "eval_distribution": record["eval_distribution"]["name"],
             "meaning": f"attack success re-optimised against this model: the fraction of {per_seed[0]['n']} held-out "
