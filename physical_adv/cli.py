@@ -401,7 +401,7 @@ def evaluate_cmd(
 
 @app.command("harden")
 def harden_cmd(
-    out: Path = typer.Option(..., "--out", "-o", help="Model directory to write (model.safetensors, model.json, harden.json); use it as --model DIR in any command."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model directory to write (weights, model.json, harden.json); every command takes it as --model DIR."),
     model: str = typer.Option("signs", "--model", "-m", help="The stored model to fine-tune: signs, signs-resnet, or a model directory / .safetensors file (TorchScript is frozen and cannot be trained)."),
     method: List[str] = typer.Option(["pgd"], "--method", help="pgd (Madry et al. 2018), fast (FGSM + random start, Wong et al. 2020), eot (L∞ on the printed tile through print-and-camera draws) or occlusion (DOA rectangles, Wu et al. 2020); repeat or comma-join to mix them in every batch."),
     eps: float = typer.Option(8.0, "--eps", help="L∞ budget in /255 (pgd, fast, eot), in (0, 64]."),
