@@ -27,9 +27,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from scipy import stats
-
 from physical_adv.attack.runner import AttackConfig, run_attack
+from physical_adv.stats import seed_summary
 
 BOTH, EOT_ONLY = ("print-camera", "none"), ("print-camera",)
 ATTACKS = {
@@ -41,29 +40,6 @@ ATTACKS = {
     "untargeted linf 24": (dict(eps=24.0), EOT_ONLY),
     "untargeted linf 32": (dict(eps=32.0), BOTH),
 }
-
-
-def seed_summary(rates: list[float]) -> dict:
-    """Mean, min, max and the 95 % Student-t interval of the mean of per-seed success rates.
-
-    Args:
-        rates: one held-out success rate per optimisation seed, each in [0, 1].
-
-    Returns:
-        ``{"seeds", "mean", "min", "max", "sd", "t95"}``; ``t95`` is ``None`` for one seed and
-        ``[mean, mean]`` when every seed gave the same rate; clipped to [0, 1].
-    """
-    n, mean = len(rates), statistics.fmean(rates)
-    sd = statistics.stdev(rates) if n > 1 else None
-    if n < 2:
-        t95 = None
-    elif sd == 0:
-        t95 = [mean, mean]
-    else:
-        lo, hi = stats.t.interval(0.95, n - 1, loc=mean, scale=sd / n**0.5)
-        t95 = [max(0.0, lo), min(1.0, hi)]
-    return {"seeds": n, "mean": mean, "min": min(rates), "max": max(rates), "sd": sd,
-            "t95": None if t95 is None else [round(v, 4) for v in t95]}
 
 
 def _slug(name: str, preset: str, seed: int) -> str:

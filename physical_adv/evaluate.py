@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import statistics
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -39,7 +38,7 @@ import torch
 
 from physical_adv.artifacts import atomic_write_json, read_json, read_named_toml, software_versions, utc_now
 from physical_adv.errors import UserError
-from physical_adv.stats import wilson_interval
+from physical_adv.stats import seed_summary, wilson_interval
 from physical_adv.ui import console, make_progress
 
 SCHEMA = 1
@@ -498,23 +497,6 @@ def pgd_row(item: PGDItem, entrant: Entrant, show_progress: bool = True) -> dict
             "meaning": f"robust accuracy: of {item.n} held-out {item.scenes} scenes, the fraction classified correctly "
                        f"clean and after each of {item.restarts} PGD-{item.steps} restarts (random start, untargeted "
                        f"L∞ ε = {item.eps:g}/255, α = {item.alpha_value:.3g}/255, digital: no print or camera)"}
-
-
-def seed_summary(rates: list[float]) -> dict:
-    """Mean, min, max and the 95 % Student-t interval of the mean of per-seed rates (``None``
-    for one seed; ``[mean, mean]`` when all agree), as the README's attack figures report."""
-    from scipy import stats
-
-    n, mean = len(rates), statistics.fmean(rates)
-    sd = statistics.stdev(rates) if n > 1 else None
-    if n < 2:
-        t95 = None
-    elif sd == 0:
-        t95 = [mean, mean]
-    else:
-        lo, hi = stats.t.interval(0.95, n - 1, loc=mean, scale=sd / n ** 0.5)
-        t95 = [max(0.0, float(lo)), min(1.0, float(hi))]
-    return {"mean": mean, "min": min(rates), "max": max(rates), "t95": None if t95 is None else [round(v, 4) for v in t95]}
 
 
 def run_dir(out: Path, entrant: Entrant, item: EOTItem, seed: int) -> Path:

@@ -153,3 +153,30 @@ def clustered_rate(successes: Sequence[bool], clusters: Sequence[Hashable]) -> C
     trusted = icc is not None and len(labels) >= MIN_CLUSTERS_FOR_ICC
     n_eff = float(n) if len(labels) == n else effective_sample_size(sizes, icc if trusted else 1.0)
     return ClusteredRate(k, n, len(labels), icc, n_eff, wilson_interval(k / n * n_eff, n_eff))
+
+
+def seed_summary(rates: list[float]) -> dict:
+    """Mean, min, max and the 95 % Student-t interval of the mean of per-seed success rates.
+
+    Args:
+        rates: one held-out success rate per optimisation seed, each in [0, 1].
+
+    Returns:
+        ``{"seeds", "mean", "min", "max", "sd", "t95"}``; ``t95`` is ``None`` for one seed and
+        ``[mean, mean]`` when every seed gave the same rate; clipped to [0, 1].
+    """
+    import statistics
+
+    from scipy import stats
+
+    n, mean = len(rates), statistics.fmean(rates)
+    sd = statistics.stdev(rates) if n > 1 else None
+    if n < 2:
+        t95 = None
+    elif sd == 0:
+        t95 = [mean, mean]
+    else:
+        lo, hi = stats.t.interval(0.95, n - 1, loc=mean, scale=sd / n**0.5)
+        t95 = [max(0.0, float(lo)), min(1.0, float(hi))]
+    return {"seeds": n, "mean": mean, "min": min(rates), "max": max(rates), "sd": sd,
+            "t95": None if t95 is None else [round(v, 4) for v in t95]}
