@@ -424,6 +424,7 @@ def harden_cmd(
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Train the model's architecture from fresh seeded weights instead of fine-tuning its weights."),
     seed: int = typer.Option(0, "--seed", help="Seeds every random draw (scenes, attacks, check set)."),
     threads: int = typer.Option(2, "--threads", help="CPU threads."),
+    classes: Optional[str] = ClassesOpt,
     device: str = DeviceOpt,
 ) -> None:
     """Adversarially fine-tune a model (pgd, fast, eot, occlusion) with held-out clean and robust accuracy after every epoch. Interrupted (Ctrl-C, crash)? Rerun the same command: it resumes after the last finished epoch."""
@@ -438,7 +439,7 @@ def harden_cmd(
                 batch_size=batch_size, lr=lr, clean_fraction=clean_fraction, sticker_area=(lo, hi), eps_warmup=eps_warmup,
                 eot=eot_name, texture_size=texture_size, data=data, check_samples=check_samples, check_steps=check_steps,
                 overfit_check=overfit_check, overfit_drop=overfit_drop, fast_alpha=fast_alpha, from_scratch=from_scratch,
-                seed=seed, threads=threads, device=device)
+                seed=seed, threads=threads, classes=classes, device=device)
     record = harden(cfg)
     m = record["metrics"]
     acc = f", held-out clean accuracy {m['heldout']['accuracy']:.4f}" if "heldout" in m else ""

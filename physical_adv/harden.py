@@ -127,6 +127,7 @@ class HardenConfig:
     from_scratch: bool = False
     seed: int = 0
     threads: int = 2
+    classes: str | None = None  # class-name file, only so that a TorchScript model loads (to be refused)
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -402,7 +403,7 @@ def checkpoint_path(out: Path) -> Path:
 
 def _resume_key(cfg: HardenConfig) -> dict:
     return {k: (str(v) if isinstance(v, Path) else (list(v) if isinstance(v, tuple) else v))
-            for k, v in asdict(cfg).items() if k not in ("device", "threads")}
+            for k, v in asdict(cfg).items() if k not in ("device", "threads", "classes")}
 
 
 def _save_checkpoint(cfg: HardenConfig, state: dict) -> None:
@@ -457,6 +458,17 @@ def _write_model_dir(cfg: HardenConfig, model: Classifier, arch: str, arch_kwarg
 # --------------------------------------------------------------------------- training
 
 
+def one_cycle(opt, lr: float, total: int, warm_fraction: float, linear: bool):
+    """torch's one-cycle schedule (up from lr/25 over ``warm_fraction`` of ``total`` steps, then
+    down — triangular, Wong et al.'s cyclic schedule for ``fast``, or cosine). OneCycleLR divides
+    by zero when the rise ends exactly at step 0 (``warm_fraction · total = 1``, e.g. a two-step
+    run); then the rise ends half a step later."""
+    if abs(warm_fraction * total - 1) < 1e-9:
+        warm_fraction = 1.5 / total
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=warm_fraction,
+                                               anneal_strategy="linear" if linear else "cos")
+
+
 def _split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
@@ -491,7 +503,7 @@ def harden(cfg: HardenConfig, show_progress: bool = True) -> dict:
     check_out(out)
     torch.set_num_threads(cfg.threads)
     dist = eot.load_distribution(cfg.eot)
-    model = load_model(cfg.model, cfg.device)
+    model = load_model(cfg.model, cfg.device, classes=cfg.classes)
     arch, arch_kwargs = trainable(model)
     if cfg.from_scratch:
         from physical_adv.models.archs import build_arch
@@ -514,8 +526,7 @@ def harden(cfg: HardenConfig, show_progress: bool = True) -> dict:
     steps_per_epoch, total_steps = cfg.steps_per_epoch, cfg.epochs * cfg.steps_per_epoch
     opt = torch.optim.AdamW(model.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     fast_only = cfg.methods == ("fast",)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.5 if fast_only else 0.2,
-                                                anneal_strategy="linear" if fast_only else "cos")
+    sched = one_cycle(opt, cfg.lr, total_steps, 0.5 if fast_only else 0.2, linear=fast_only)
     check = make_check_set(cfg, data_factory)
     history: list[dict] = []
     first_epoch, best, overfit, seconds = 0, None, None, 0.0

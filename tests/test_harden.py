@@ -111,7 +111,7 @@ def test_bad_options_are_one_line_errors_and_write_nothing(tmp_path, capsys, arg
 def test_a_torchscript_model_cannot_be_trained(tmp_path, capsys):
     model, classes = two_class_torchscript(tmp_path, ["stop", "yield"])
     out = tmp_path / "m"
-    code, _, err = run_cli(capsys, "harden", "--out", out, "--model", model, "--device", "cpu")
+    code, _, err = run_cli(capsys, "harden", "--out", out, "--model", model, "--classes", classes, "--device", "cpu")
     assert_one_line_error(code, err, "cannot be trained by harden")
     assert not out.exists()
 
@@ -145,3 +145,19 @@ def test_the_cli_runs_a_short_epoch_and_says_what_it_wrote(tmp_path, capsys):
     assert code == 0, err
     assert f"wrote {out}" in stdout and "held-out clean accuracy" in stdout
     assert "epoch 1/1" in stdout + err
+
+
+@pytest.mark.parametrize("total", [1, 2, 3, 5, 50])
+def test_the_learning_rate_schedule_rises_then_falls_for_any_number_of_steps(total):
+    from physical_adv.harden import one_cycle
+
+    for warm, linear in ((0.5, True), (0.2, False)):
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        sched, lrs = one_cycle(opt, 0.01, total, warm, linear), []
+        for _ in range(total):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        peak = lrs.index(max(lrs))
+        assert all(0 < v <= 0.01 + 1e-12 for v in lrs) and (total < 5 or lrs[0] <= 0.01 / 25 + 1e-12)
+        assert lrs[: peak + 1] == sorted(lrs[: peak + 1]) and lrs[peak:] == sorted(lrs[peak:], reverse=True)
