@@ -382,23 +382,10 @@ def is_signs_family(model) -> bool:
 
 
 def heldout_scenes(n: int, scenes: str = "mixed", seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``n`` scenes of the held-out stream that :func:`physical_adv.signs.train.evaluate` scores.
+    """The first ``n`` scenes of the held-out stream that :func:`physical_adv.signs.train.evaluate` scores."""
+    from physical_adv.signs.train import EVAL_SEED, heldout_scenes as stream
 
-    Returns:
-        ``(images (n, 3, 64, 64) in [0, 1], labels (n,) long)``; classes balanced round-robin.
-    """
-    from physical_adv.images import to_batch
-    from physical_adv.models.signs_net import SIGNS_INPUT_SIZE
-    from physical_adv.signs.designs import CLASS_NAMES
-    from physical_adv.signs.scenes import SignBank, render_scene
-    from physical_adv.signs.train import EVAL_SEED, EVAL_STREAM
-
-    rng = np.random.default_rng([EVAL_STREAM, EVAL_SEED if seed is None else seed])  # as train.evaluate draws
-    bank = SignBank(rng)
-    labels = np.arange(n) % len(CLASS_NAMES)
-    kind = None if scenes == "mixed" else scenes
-    imgs = np.stack([render_scene(rng, bank, int(y), SIGNS_INPUT_SIZE, kind) for y in labels])
-    return to_batch(imgs), torch.from_numpy(labels).long()
+    return stream(n, scenes, EVAL_SEED if seed is None else seed)
 
 
 def pgd_robust(model, images: torch.Tensor, labels: torch.Tensor, eps: float, alpha: float, steps: int, restarts: int,

@@ -87,8 +87,25 @@ class SceneStream(IterableDataset):
             yield torch.from_numpy(render_batch(rng, bank, labels, self.size)), torch.from_numpy(labels)
 
 
+def heldout_scenes(n: int, kind: str | None = None, seed: int = EVAL_SEED) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` scenes of the held-out stream ``(EVAL_STREAM, seed)``, classes balanced round-robin.
+
+    Args:
+        kind: one scene kind (``wild``, ``print``, ``sheet``), or ``None``/``"mixed"`` to mix them.
+
+    Returns:
+        ``(images (n, 3, 64, 64) in [0, 1], labels (n,) long)``.
+    """
+    rng = np.random.default_rng([EVAL_STREAM, seed])
+    bank = SignBank(rng)
+    labels = np.arange(n) % len(CLASS_NAMES)
+    kind = None if kind == "mixed" else kind
+    imgs = np.stack([render_scene(rng, bank, int(y), SIGNS_INPUT_SIZE, kind) for y in labels])
+    return to_batch(imgs), torch.from_numpy(labels).long()
+
+
 def evaluate(model: torch.nn.Module, n: int = 2000, seed: int = EVAL_SEED, kind: str | None = None, batch: int = 250) -> dict:
-    """Top-1 accuracy of ``model`` on ``n`` fresh scenes from the held-out stream.
+    """Top-1 accuracy of ``model`` on ``n`` fresh scenes from the held-out stream (:func:`heldout_scenes`).
 
     Args:
         model: a classifier taking ``(N, 3, 64, 64)`` in [0, 1].
@@ -99,18 +116,15 @@ def evaluate(model: torch.nn.Module, n: int = 2000, seed: int = EVAL_SEED, kind:
     Returns:
         ``{"accuracy": float, "n": int, "per_class": {name: accuracy}, "seed": seed, "kind": kind}``.
     """
-    rng = np.random.default_rng([EVAL_STREAM, seed])
-    bank = SignBank(rng)
-    labels = np.arange(n) % len(CLASS_NAMES)
+    images, labels_t = heldout_scenes(n, kind, seed)
+    labels = labels_t.numpy()
     correct = np.zeros(n, bool)
     device = next(model.parameters()).device
     model.eval()
     with torch.no_grad():
         for start in range(0, n, batch):
-            ys = labels[start : start + batch]
-            imgs = np.stack([render_scene(rng, bank, int(y), SIGNS_INPUT_SIZE, kind) for y in ys])
-            pred = model(to_batch(imgs).to(device)).argmax(1).cpu().numpy()
-            correct[start : start + batch] = pred == ys
+            pred = model(images[start : start + batch].to(device)).argmax(1).cpu().numpy()
+            correct[start : start + batch] = pred == labels[start : start + batch]
     per_class = {name: float(correct[labels == i].mean()) for i, name in enumerate(CLASS_NAMES) if (labels == i).any()}
     return {"accuracy": float(correct.mean()) if n else float("nan"), "n": n, "per_class": per_class, "seed": seed, "kind": kind or "mixed"}
 
