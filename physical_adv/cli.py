@@ -233,6 +233,11 @@ def simulate_cmd(
                                        "(ground_truth.json lists the tiles wholly in frame)."),
     occluders: int = typer.Option(0, "--occluders", help="Draw this many opaque hand-like blobs over the sheet in every "
                                   "photo, 0-10 (ground_truth.json lists the markers they cover)."),
+    conditions: str = typer.Option("default", "--conditions", help="default: the sheet a third to all of the frame; "
+                                   "far: a webcam at arm's length or farther (the sheet a tenth to under half of "
+                                   "the frame, stronger blur, a hand at the edge, glare, lens distortion)."),
+    min_fill: Optional[float] = typer.Option(None, "--min-fill", help="Smallest share of the frame's area the sheet "
+                                             "covers face-on, 0.05-1 (default: the conditions' own)."),
 ) -> None:
     """Make realistic 1280x720 photos of a printed sheet (printer + camera model), with ground truth.
 
@@ -241,7 +246,7 @@ def simulate_cmd(
     from physical_adv.simulate import SimulateConfig, simulate
 
     cfg = build(SimulateConfig, pdf=pdf, out=out, manifest=manifest, n=n, seed=seed, video=video, max_tilt=max_tilt,
-                allow_partial=allow_partial, occluders=occluders)
+                allow_partial=allow_partial, occluders=occluders, conditions=conditions, min_fill=min_fill)
     simulate(cfg)
     typer.echo(f"{out}: {n} photos + ground_truth.json" + (f"; video {video}" if video else ""))
 

@@ -6,10 +6,20 @@ once (one print per run: tone curve, gamut and saturation loss, paper colour, do
 then every photo gets its own camera: a pinhole pose with the sheet tilted up to
 ``max_tilt`` degrees and covering a third to all of the frame's area, a cluttered background,
 optional opaque occluders (hand-like blobs over parts of the sheet), a lighting gradient and
-exposure, white balance, defocus or motion blur, sensor noise and JPEG. Each photo comes
-with its ground truth: the homography from page millimetres to frame pixels, every tile's
-corners in the frame, which tiles lie wholly inside the frame (``tiles_in_frame``) and
-which markers and tiles the occluders cover (``markers_occluded``, ``tiles_occluded``: id →
+exposure, white balance, defocus or motion blur, sensor noise and JPEG.
+
+``conditions = "far"`` photographs the sheet as a webcam at arm's length or farther does
+(:data:`CONDITIONS`): the sheet covers a tenth to under half of the frame's area, defocus
+and motion blur are stronger, a hand holds the sheet by its edge in half the photos (over
+its margin, markers and sometimes a tile), a specular glare spot washes out part of the
+page in half of them, and the lens has barrel or pincushion distortion.
+
+Each photo comes with its ground truth: the pinhole homography from page millimetres to
+frame pixels (before lens distortion), every tile's corners in the frame (after it), which
+tiles lie wholly inside the frame (``tiles_in_frame``), how each tile is seen
+(``tiles_seen``: apparent side in pixels, viewing angle between the page normal and the line
+of sight, distance from the camera in mm), the camera (focal length, distortion) and which
+markers and tiles the occluders cover (``markers_occluded``, ``tiles_occluded``: id →
 fraction of its area covered, for those covered at all).
 
 The output folder is replaced as a whole: photos and ground truth are written into a
@@ -44,6 +54,34 @@ GROUND_TRUTH = "ground_truth.json"
 MAX_OCCLUDERS = 10
 # index coordinates (pixel centres at integers): the frame spans [-0.5, W - 0.5] × [-0.5, H - 0.5]
 _SHIFT = np.array([[1, 0, -0.5], [0, 1, -0.5], [0, 0, 1.0]])
+@dataclass(frozen=True)
+class Conditions:
+    """How hard the photos are (see the module docs); ranges are drawn uniformly per photo.
+
+    Attributes:
+        fill: the sheet's face-on share of the frame's area (lowered by ``min_fill``).
+        defocus: (probability, smallest σ px, largest σ px) of a Gaussian defocus.
+        motion: (probability, shortest px, longest px) of a linear motion blur (when not defocused).
+        edge_hand: probability of a hand holding the sheet by its edge.
+        glare: probability of a specular glare spot on the page.
+        distortion: range of the radial lens coefficient k₁ (x_d = x_u · (1 + k₁ r²), r in
+            units of the focal length; negative is barrel).
+    """
+
+    fill: tuple[float, float] = (1 / 3, 1.0)
+    defocus: tuple[float, float, float] = (0.5, 0.4, 1.6)
+    motion: tuple[float, float, float] = (0.4, 3, 8)
+    edge_hand: float = 0.0
+    glare: float = 0.0
+    distortion: tuple[float, float] = (0.0, 0.0)
+
+
+CONDITIONS = {
+    "default": Conditions(),
+    # a webcam at arm's length or farther: the sheet a tenth to under half of the frame
+    "far": Conditions(fill=(0.1, 0.45), defocus=(0.5, 0.6, 2.2), motion=(0.6, 4, 12), edge_hand=0.5, glare=0.5,
+                      distortion=(-0.25, 0.08)),
+}
 _GRID = (np.stack(np.meshgrid(np.arange(6), np.arange(6)), -1).reshape(-1, 2) + 0.5) / 6  # points in a unit square
 
 
@@ -62,6 +100,7 @@ class SimulateConfig:
         allow_partial: poses may cut tiles by the frame's edges (the ground truth says which
             tiles lie wholly inside); otherwise every tile of the page is in the frame.
         occluders: opaque hand-like blobs drawn over the sheet in every photo (0 to 10).
+        conditions: a name in :data:`CONDITIONS` (``default`` or ``far``).
     """
 
     pdf: Path
@@ -71,19 +110,30 @@ class SimulateConfig:
     seed: int = 0
     video: Path | None = None
     max_tilt: float = 45.0
-    min_fill: float = 1 / 3
+    min_fill: float | None = None
     allow_partial: bool = False
     occluders: int = 0
+    conditions: str = "default"
 
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ValueError(f"n must be ≥ 1, got {self.n}")
         if not 0 <= self.max_tilt <= 70:
             raise ValueError(f"max tilt must be in [0, 70] degrees, got {self.max_tilt:g}")
-        if not 0.05 <= self.min_fill <= 1:
+        if self.min_fill is not None and not 0.05 <= self.min_fill <= 1:
             raise ValueError(f"min fill must be in [0.05, 1], got {self.min_fill:g}")
+        if self.conditions not in CONDITIONS:
+            raise ValueError(f"conditions must be one of {', '.join(CONDITIONS)}, got {self.conditions!r}")
         if not 0 <= self.occluders <= MAX_OCCLUDERS:
             raise ValueError(f"occluders must be in [0, {MAX_OCCLUDERS}], got {self.occluders}")
+
+    @property
+    def scene(self) -> Conditions:
+        """The photo conditions, with ``min_fill`` (when given) as the smallest fill."""
+        c = CONDITIONS[self.conditions]
+        if self.min_fill is None:
+            return c
+        return Conditions(**{**c.__dict__, "fill": (self.min_fill, max(self.min_fill, c.fill[1]))})
 
 
 def _printer(rng: np.random.Generator, page: np.ndarray, px_per_mm: float) -> np.ndarray:
@@ -115,11 +165,23 @@ def _background(rng: np.random.Generator) -> np.ndarray:
     return cv2.GaussianBlur(img, (0, 0), rng.uniform(1, 6))
 
 
+@dataclass(frozen=True)
+class _Pose:
+    """A pinhole camera looking at the page: ``hom`` page mm → frame px (continuous
+    coordinates), focal length ``f`` px, rotation ``r`` and the page centre ``centre`` in camera
+    coordinates (mm)."""
+
+    hom: np.ndarray
+    f: float
+    r: np.ndarray
+    centre: np.ndarray
+
+
 def _pose(rng: np.random.Generator, page_mm: tuple[float, float], max_tilt: float, fill_range: tuple[float, float],
-          shift: float = 0.15) -> np.ndarray:
-    """Homography page-mm → frame px (continuous coordinates) for a pinhole camera looking at
-    the tilted sheet, which face-on would cover a fraction in ``fill_range`` of the frame's
-    area, its centre displaced by up to ``shift`` of the frame from the optical axis."""
+          shift: float = 0.15) -> _Pose:
+    """A pinhole camera looking at the tilted sheet, which face-on would cover a fraction in
+    ``fill_range`` of the frame's area, its centre displaced by up to ``shift`` of the frame
+    from the optical axis."""
     w, h = page_mm
     f = FRAME_W * rng.uniform(0.8, 1.4)  # focal length in pixels (a webcam's 50–75° field of view)
     tilt = math.radians(rng.uniform(0, max_tilt))
@@ -137,7 +199,21 @@ def _pose(rng: np.random.Generator, page_mm: tuple[float, float], max_tilt: floa
     to_centre = np.array([[1, 0, -w / 2], [0, 1, -h / 2], [0, 0, 1.0]])
     rt = np.column_stack([r[:, 0], r[:, 1], centre])
     hom = k @ rt @ to_centre
-    return hom / hom[2, 2]
+    return _Pose(hom / hom[2, 2], f, r, centre)
+
+
+def _seen(pose: _Pose, page_mm, tiles: list[dict], corners_px: np.ndarray) -> dict:
+    """How each tile is seen: its apparent side (px, from its corners in the frame), the angle
+    between the page normal and the line of sight to its centre (degrees) and its distance (mm)."""
+    out = {}
+    for t, quad in zip(tiles, corners_px):
+        x, y, w, h = t["bbox_mm"]
+        p = pose.r @ np.array([x + w / 2 - page_mm[0] / 2, y + h / 2 - page_mm[1] / 2, 0.0]) + pose.centre
+        cos = abs(float(pose.r[:, 2] @ p)) / float(np.linalg.norm(p))
+        out[t["tile_id"]] = {"size_px": round(math.sqrt(abs(cv2.contourArea(quad.astype(np.float32)))), 2),
+                             "angle_deg": round(math.degrees(math.acos(min(1.0, cos))), 2),
+                             "distance_mm": round(float(np.linalg.norm(p)), 1)}
+    return out
 
 
 def _tile_quads(tiles: list[dict]) -> np.ndarray:
@@ -157,22 +233,22 @@ def _inside(px: np.ndarray, margin: float = 0.0) -> np.ndarray:
     return (px[..., 0] >= lo) & (px[..., 1] >= lo) & (px[..., 0] <= FRAME_W - 0.5 - margin) & (px[..., 1] <= FRAME_H - 0.5 - margin)
 
 
-def _pose_for_page(rng: np.random.Generator, page_mm, cfg: SimulateConfig, tiles: list[dict]) -> np.ndarray:
+def _pose_for_page(rng: np.random.Generator, page_mm, cfg: SimulateConfig, tiles: list[dict]) -> _Pose:
     """A pose for one photo. Without ``allow_partial``, one in which every tile of the page is
     inside the frame (margins and markers may still be cut): rejection-sampled, lowering the
     smallest fill if tiles keep falling outside. With it, any pose, the sheet often larger than
     the frame and off-centre, so that tiles are cut by the frame's edges."""
+    lo, hi = cfg.scene.fill
     if cfg.allow_partial:
-        return _pose(rng, page_mm, cfg.max_tilt, (cfg.min_fill, 1.6), shift=0.35)
+        return _pose(rng, page_mm, cfg.max_tilt, (lo, 1.6 * hi), shift=0.35)
     quads = _tile_quads(tiles)
-    min_fill = cfg.min_fill
     for attempt in range(60):
-        hom = _pose(rng, page_mm, cfg.max_tilt, (min_fill, 1.0))
-        if not len(tiles) or _inside(_project(_SHIFT @ hom, quads), 4.0).all():
-            return hom
+        pose = _pose(rng, page_mm, cfg.max_tilt, (lo, hi))
+        if not len(tiles) or _inside(_project(_SHIFT @ pose.hom, quads), 4.0).all():
+            return pose
         if attempt % 10 == 9:
-            min_fill = max(0.05, min_fill * 0.8)
-    return hom
+            lo = max(0.05, lo * 0.8)
+    return pose
 
 
 def _hand(rng: np.random.Generator, centre: np.ndarray, size: float) -> np.ndarray:
@@ -193,21 +269,77 @@ def _hand(rng: np.random.Generator, centre: np.ndarray, size: float) -> np.ndarr
     return mask.astype(np.float32) / 255.0
 
 
+def _paint_hand(rng: np.random.Generator, frame: np.ndarray, centre: np.ndarray, size: float) -> tuple[np.ndarray, np.ndarray]:
+    """One opaque skin-coloured hand at ``centre`` (frame px): the frame and the hand's mask."""
+    mask = _hand(rng, centre, size)
+    colour = np.array([rng.uniform(0.25, 0.6), rng.uniform(0.35, 0.7), rng.uniform(0.5, 0.9)], np.float32)  # skin-ish, BGR
+    shade = 1 + 0.15 * cv2.GaussianBlur(rng.standard_normal((FRAME_H // 16, FRAME_W // 16)).astype(np.float32), (0, 0), 2)
+    paint = colour * cv2.resize(shade, (FRAME_W, FRAME_H))[..., None]
+    return frame * (1 - mask[..., None]) + paint * mask[..., None], mask
+
+
+def _page_side(hom: np.ndarray, page_mm) -> float:
+    """The page's apparent side in frame px (square root of its area)."""
+    w, h = page_mm
+    return math.sqrt(abs(cv2.contourArea(_project(hom, np.float64([[0, 0], [w, 0], [w, h], [0, h]])).astype(np.float32))))
+
+
 def _occlude(rng: np.random.Generator, frame: np.ndarray, hom: np.ndarray, page_mm, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Draw ``n`` opaque hand-like occluders over the sheet; returns the frame and the
     occluder mask (float32 (H, W) in [0, 1], 1 = covered)."""
     w, h = page_mm
     total = np.zeros((FRAME_H, FRAME_W), np.float32)
-    side = math.sqrt(abs(cv2.contourArea(_project(hom, np.float64([[0, 0], [w, 0], [w, h], [0, h]])).astype(np.float32))))
+    side = _page_side(hom, page_mm)
     for _ in range(n):
         centre = _project(hom, np.array([rng.uniform(0, w), rng.uniform(0, h)]))
-        mask = _hand(rng, centre, side * rng.uniform(0.2, 0.4))
-        colour = np.array([rng.uniform(0.25, 0.6), rng.uniform(0.35, 0.7), rng.uniform(0.5, 0.9)], np.float32)  # skin-ish, BGR
-        shade = 1 + 0.15 * cv2.GaussianBlur(rng.standard_normal((FRAME_H // 16, FRAME_W // 16)).astype(np.float32), (0, 0), 2)
-        paint = colour * cv2.resize(shade, (FRAME_W, FRAME_H))[..., None]
-        frame = frame * (1 - mask[..., None]) + paint * mask[..., None]
+        frame, mask = _paint_hand(rng, frame, centre, side * rng.uniform(0.2, 0.4))
         total = np.maximum(total, mask)
     return frame, total
+
+
+def _edge_hand(rng: np.random.Generator, frame: np.ndarray, hom: np.ndarray, page_mm) -> tuple[np.ndarray, np.ndarray]:
+    """A hand holding the sheet by one of its edges: palm centred just inside the edge, so that
+    it covers the margin, often a marker and sometimes a corner of a tile."""
+    w, h = page_mm
+    edge = int(rng.integers(4))
+    t, inset = rng.uniform(0.15, 0.85), rng.uniform(0.0, 0.06)
+    point = [(t * w, inset * h), (w * (1 - inset), t * h), (t * w, h * (1 - inset)), (inset * w, t * h)][edge]
+    return _paint_hand(rng, frame, _project(hom, np.array(point)), _page_side(hom, page_mm) * rng.uniform(0.15, 0.28))
+
+
+def _glare(rng: np.random.Generator, frame: np.ndarray, hom: np.ndarray, page_mm) -> np.ndarray:
+    """A specular highlight on the page: a bright elliptical spot that saturates to white."""
+    w, h = page_mm
+    cx, cy = _project(hom, np.array([rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h]))
+    side = _page_side(hom, page_mm)
+    sx, sy = side * rng.uniform(0.06, 0.2), side * rng.uniform(0.04, 0.12)
+    ang = rng.uniform(0, math.pi)
+    x = np.arange(FRAME_W, dtype=np.float32)[None, :] - np.float32(cx)
+    y = np.arange(FRAME_H, dtype=np.float32)[:, None] - np.float32(cy)
+    u, v = x * math.cos(ang) + y * math.sin(ang), -x * math.sin(ang) + y * math.cos(ang)
+    spot = np.exp(-0.5 * ((u / np.float32(sx)) ** 2 + (v / np.float32(sy)) ** 2)) * np.float32(rng.uniform(0.6, 1.5))
+    return frame + spot[..., None]
+
+
+def _distortion_maps(k1: float, f: float) -> tuple[np.ndarray, np.ndarray]:
+    """``cv2.remap`` maps for radial lens distortion: the distorted photo's pixel ``d`` shows the
+    pinhole image at ``u`` with ``d = u · (1 + k₁ |u|²)`` (coordinates from the frame centre in
+    units of ``f``), inverted per pixel by fixed-point iteration."""
+    c = np.array([(FRAME_W - 1) / 2, (FRAME_H - 1) / 2])
+    xd = (np.arange(FRAME_W, dtype=np.float64)[None, :] - c[0]) / f
+    yd = (np.arange(FRAME_H, dtype=np.float64)[:, None] - c[1]) / f
+    xu, yu = np.broadcast_to(xd, (FRAME_H, FRAME_W)).copy(), np.broadcast_to(yd, (FRAME_H, FRAME_W)).copy()
+    for _ in range(8):
+        scale = 1 + k1 * (xu * xu + yu * yu)
+        xu, yu = xd / scale, yd / scale
+    return (xu * f + c[0]).astype(np.float32), (yu * f + c[1]).astype(np.float32)
+
+
+def _distort_points(pts: np.ndarray, k1: float, f: float) -> np.ndarray:
+    """Pinhole frame points ``(..., 2)`` (index coordinates) → where the distorted photo shows them."""
+    c = np.array([(FRAME_W - 1) / 2, (FRAME_H - 1) / 2])
+    u = (pts - c) / f
+    return u * (1 + k1 * (u * u).sum(-1, keepdims=True)) * f + c
 
 
 def _covered(mask: np.ndarray, hom: np.ndarray, quads_mm: np.ndarray) -> np.ndarray:
@@ -221,7 +353,7 @@ def _covered(mask: np.ndarray, hom: np.ndarray, quads_mm: np.ndarray) -> np.ndar
     return (vals >= 0.5).mean(1)
 
 
-def _camera(rng: np.random.Generator, frame: np.ndarray) -> np.ndarray:
+def _camera(rng: np.random.Generator, frame: np.ndarray, scene: Conditions) -> np.ndarray:
     """The camera: lighting ramp, exposure, white balance, gamma, defocus or motion blur,
     sensor noise; float32 [0, 1] BGR in, uint8 out."""
     ang = rng.uniform(0, 2 * math.pi)
@@ -233,10 +365,12 @@ def _camera(rng: np.random.Generator, frame: np.ndarray) -> np.ndarray:
     frame = frame.astype(np.float32) * ramp[..., None] * exposure.astype(np.float32)
     frame = cv2.pow(np.clip(frame, 0, 1, out=frame), rng.uniform(0.85, 1.2))
     r = rng.random()
-    if r < 0.5:
-        frame = cv2.GaussianBlur(frame, (0, 0), rng.uniform(0.4, 1.6))
-    elif r < 0.7:
-        length = int(rng.integers(3, 8))
+    p_defocus, lo, hi = scene.defocus
+    p_motion, shortest, longest = scene.motion
+    if r < p_defocus:
+        frame = cv2.GaussianBlur(frame, (0, 0), rng.uniform(lo, hi))
+    elif r < p_defocus + (1 - p_defocus) * p_motion:
+        length = int(rng.integers(int(shortest), int(longest)))
         kernel = np.zeros((length, length), np.float32)
         kernel[length // 2] = 1.0 / length
         rot = cv2.getRotationMatrix2D(((length - 1) / 2, (length - 1) / 2), rng.uniform(0, 180), 1.0)
@@ -278,26 +412,41 @@ class _PrintedPage:
 def _photo(rng: np.random.Generator, cfg: SimulateConfig, manifest: dict, page: _PrintedPage, page_no: int) -> tuple[bytes, dict]:
     """One JPEG photo of a page and its ground truth (without the file name)."""
     page_mm = tuple(manifest["page"]["size_mm"])
+    scene = cfg.scene
     tiles = [t for t in manifest["tiles"] if t["page"] == page_no]
     markers = [m for m in manifest["markers"] if m["page"] == page_no]
-    hom = _pose_for_page(rng, page_mm, cfg, tiles)
+    pose = _pose_for_page(rng, page_mm, cfg, tiles)
+    hom = pose.hom
     warped, mask = page.warp(hom, page_mm)
     frame = _background(rng) * (1 - mask[..., None]) + warped * mask[..., None]
     covered = np.zeros((FRAME_H, FRAME_W), np.float32)
     if cfg.occluders:
         frame, covered = _occlude(rng, frame, _SHIFT @ hom, page_mm, cfg.occluders)
-    photo = _camera(rng, frame)
+    if scene.edge_hand and rng.random() < scene.edge_hand:
+        frame, hand = _edge_hand(rng, frame, _SHIFT @ hom, page_mm)
+        covered = np.maximum(covered, hand)
+    if scene.glare and rng.random() < scene.glare:
+        frame = _glare(rng, frame, _SHIFT @ hom, page_mm)
+    k1 = float(rng.uniform(*scene.distortion)) if scene.distortion != (0.0, 0.0) else 0.0
+    if k1:
+        frame = cv2.remap(frame.astype(np.float32), *_distortion_maps(k1, pose.f), cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REFLECT)
+    photo = _camera(rng, frame, scene)
     quality = int(rng.integers(60, 96))
     _, buf = cv2.imencode(".jpg", photo, [cv2.IMWRITE_JPEG_QUALITY, quality])
     corners = _project(_SHIFT @ hom, _tile_quads(tiles))
+    if k1:
+        corners = _distort_points(corners, k1, pose.f)
     marker_quads = np.float64([np.asarray(m["center_mm"]) + np.float64([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * m["size_mm"] / 2
                                for m in markers]).reshape(-1, 4, 2)
     marker_cover = _covered(covered, hom, marker_quads)
     tile_cover = _covered(covered, hom, _tile_quads(tiles))
     truth = {
         "page": page_no, "jpeg_quality": quality, "homography_mm_to_px": (_SHIFT @ hom).tolist(),
+        "camera": {"focal_px": round(pose.f, 2), "k1": round(k1, 5)},
         "tile_corners_px": {t["tile_id"]: c.round(3).tolist() for t, c in zip(tiles, corners)},
         "tiles_in_frame": [t["tile_id"] for t, c in zip(tiles, corners) if _inside(c).all()],
+        "tiles_seen": _seen(pose, page_mm, tiles, corners),
         "markers_occluded": {str(m["id"]): round(float(f), 3) for m, f in zip(markers, marker_cover) if f > 0},
         "tiles_occluded": {t["tile_id"]: round(float(f), 3) for t, f in zip(tiles, tile_cover) if f > 0},
     }
@@ -438,7 +587,9 @@ def _write_photos(cfg: SimulateConfig, manifest: dict, pages: list[np.ndarray], 
         moves.append((video_tmp, video))  # put in place only once the photos are
     record = {"schema": 1, "kind": "simulate", "created": utc_now(), "sheet_id": manifest["sheet_id"],
               "pdf": str(pdf), "seed": cfg.seed, "n": cfg.n, "frame_size": [FRAME_W, FRAME_H],
-              "max_tilt": cfg.max_tilt, "min_fill": cfg.min_fill, "allow_partial": cfg.allow_partial,
+              "max_tilt": cfg.max_tilt, "min_fill": cfg.scene.fill[0], "conditions": cfg.conditions,
+              "scene": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.scene.__dict__.items()},
+              "allow_partial": cfg.allow_partial,
               "occluders": cfg.occluders, "video": str(cfg.video) if cfg.video else None,
               "pixel_convention": "pixel centres at integer coordinates; corners TL TR BR BL", "frames": frames,
               "versions": software_versions()}
