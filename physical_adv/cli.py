@@ -266,6 +266,9 @@ def capture_cmd(
     crop: str = typer.Option("rectified", "--crop", help="rectified (un-warp each tile by its markers) or box (raw bounding box)."),
     save_frames: bool = typer.Option(False, "--save-frames", help="Also copy frames from a video or photo folder."),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after this many frames."),
+    focal_px: Optional[float] = typer.Option(None, "--focal-px", help="The camera's focal length in pixels, if "
+                                             "calibrated (default: assumed 1.1 frame widths); only the logged "
+                                             "viewing angle and distance use it."),
     device: str = DeviceOpt,
 ) -> None:
     """Read photos of a printed sheet, find and rectify each tile, classify it and log the result."""
@@ -279,7 +282,7 @@ def capture_cmd(
         tags.append((key.strip(), value.strip()))
     cfg = build(CaptureConfig, sheet=sheet, camera=camera, video=video, images=images, model=model, out=out,
                 window=not no_window, every=every, tags=tuple(tags), crop=crop, save_frames=save_frames,
-                device=device, max_frames=max_frames)
+                device=device, max_frames=max_frames, focal_px=focal_px)
     result = run_capture(cfg)
     typer.echo(f"{result.out}: {result.frames} frames at {result.fps:.1f} fps")
     for tid, c in result.counts.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -9,6 +10,13 @@ import cv2
 import numpy as np
 
 DEFAULT_DICTIONARY = "DICT_4X4_250"
+# The farthest a sheet's markers can be read from: a 720p webcam (1280 px wide, focal length
+# WEBCAM_FOCAL_WIDTHS frame widths, a 49° horizontal field of view) sees a marker of side
+# s mm at d mm as f·s/d px wide, and the tuned detector finds markers down to MIN_MARKER_PX
+# (benchmarks/marker_detection.py).
+WEBCAM_WIDTH_PX = 1280
+WEBCAM_FOCAL_WIDTHS = 1.1
+MIN_MARKER_PX = 10.0
 
 
 def dictionary(name: str = DEFAULT_DICTIONARY):
@@ -69,6 +77,22 @@ class Detections:
     def ids(self) -> set[int]:
         """Every id detected in the image, ambiguous ones included."""
         return {d.marker_id for d in self.markers} | set(self.ambiguous)
+
+
+def marker_px(marker_mm: float, distance_mm: float) -> float:
+    """How many pixels wide a marker of ``marker_mm`` looks, face on, from ``distance_mm`` to a 720p webcam."""
+    return WEBCAM_FOCAL_WIDTHS * WEBCAM_WIDTH_PX * marker_mm / distance_mm
+
+
+def readable_problem(marker_mm: float, distance_mm: float) -> str | None:
+    """Why markers of ``marker_mm`` cannot be found from ``distance_mm`` (``None`` when they can)."""
+    px = marker_px(marker_mm, distance_mm)
+    if px >= MIN_MARKER_PX:
+        return None
+    need = MIN_MARKER_PX * distance_mm / (WEBCAM_FOCAL_WIDTHS * WEBCAM_WIDTH_PX)
+    return (f"{marker_mm:g} mm markers look {px:.1f} px wide from {distance_mm:g} mm to a 720p webcam, and the "
+            f"detector needs {MIN_MARKER_PX:g} px: use marker_mm ≥ {math.ceil(need * 10) / 10:g} or "
+            f"distance_mm ≤ {math.floor(WEBCAM_FOCAL_WIDTHS * WEBCAM_WIDTH_PX * marker_mm / MIN_MARKER_PX):g}")
 
 
 def make_detector(name: str = DEFAULT_DICTIONARY):

@@ -8,8 +8,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 console = Console(stderr=True, highlight=False)
 
 
-def make_progress(disable: bool = False) -> Progress:
-    """A progress bar with count, elapsed time, ETA and a free-form ``info`` field."""
+def make_progress(disable: bool = False, transient: bool = False) -> Progress:
+    """A progress bar with count, elapsed time, ETA and a free-form ``info`` field; a
+    ``transient`` one is cleared when it ends (the caller prints the outcome)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -20,5 +21,5 @@ def make_progress(disable: bool = False) -> Progress:
         TextColumn("{task.fields[info]}"),
         console=console,
         disable=disable,
-        transient=False,
+        transient=transient,
     )

@@ -219,6 +219,23 @@ def test_a_frame_without_the_sheet_adds_no_line(composed):
     assert {c["frames"] for c in record["counts"].values()} == {2}  # frames with its page in view
 
 
+def test_a_capture_in_which_every_marker_is_ambiguous_is_a_one_line_error_and_writes_nothing(capsys, composed, tmp_path):
+    folder = composed[0].parent
+    only_two = tmp_path / "two"
+    only_two.mkdir()
+    (only_two / "b_two_copies.png").write_bytes((folder / "b_two_copies.png").read_bytes())
+    (only_two / "c_no_sheet.png").write_bytes((folder / "c_no_sheet.png").read_bytes())
+    out = tmp_path / "cap"
+    code, _, err = run_cli(capsys, "capture", "--sheet", str(composed_sheet_manifest(composed)), "--images", str(only_two),
+                           "--out", str(out), "--no-window", "--device", "cpu")
+    assert_one_line_error(code, err, "every one was seen more than once")
+    assert not out.exists()
+
+
+def composed_sheet_manifest(composed):
+    return json.loads((composed[0] / "session.json").read_text())["sheet"]
+
+
 def test_video_source(sheet, tmp_path):
     video = tmp_path / "v.mp4"
     simulate(SimulateConfig(pdf=sheet.pdf, out=tmp_path / "frames", n=6, video=video), show_progress=False)

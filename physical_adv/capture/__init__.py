@@ -24,6 +24,7 @@ live camera, ``frames/`` (every N-th frame and those saved with the space bar).
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 
 from physical_adv.artifacts import atomic_write_bytes, atomic_write_json, software_versions, utc_now
-from physical_adv.capture.locate import Locator, TileView, box_crop, rectify
+from physical_adv.capture.locate import Intrinsics, Locator, TileView, box_crop, rectify
 from physical_adv.capture.sources import Camera, ImageFolder, Source, VideoFile
 from physical_adv.classes import class_index
 from physical_adv.errors import UserError
@@ -65,6 +66,8 @@ class CaptureConfig:
         save_frames: also copy frames from a video or photo folder.
         device: where the models run.
         max_frames: stop after this many frames.
+        focal_px: the camera's focal length in pixels, when calibrated (else assumed; it only
+            enters the logged viewing angle and distance).
     """
 
     sheet: Path
@@ -80,6 +83,7 @@ class CaptureConfig:
     save_frames: bool = False
     device: str = "auto"
     max_frames: int | None = None
+    focal_px: float | None = None
 
     def __post_init__(self) -> None:
         given = [v is not None for v in (self.camera, self.video, self.images)]
@@ -91,6 +95,8 @@ class CaptureConfig:
             raise ValueError(f"every must be ≥ 1, got {self.every}")
         if self.max_frames is not None and self.max_frames < 1:
             raise ValueError("max frames must be ≥ 1")
+        if self.focal_px is not None and not 50 <= self.focal_px <= 100_000:
+            raise ValueError(f"focal length must be in [50, 100000] px, got {self.focal_px:g}")
 
 
 @dataclass
@@ -173,6 +179,8 @@ class _Session:
     detector: object
     saved_crops: dict[str, int] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    unique_frames: int = 0  # frames in which a marker of the sheet was seen exactly once
+    ambiguous_frames: int = 0  # frames in which markers of the sheet were seen, every one more than once
 
 
 def _session_record(cfg: CaptureConfig, source: Source, manifest: dict, models: dict, tile_model: dict) -> dict:
@@ -181,7 +189,8 @@ def _session_record(cfg: CaptureConfig, source: Source, manifest: dict, models: 
     return {
         "schema": SCHEMA, "kind": "capture", "started": utc_now(), "source": source.describe(),
         "sheet": str(cfg.sheet), "manifest": manifest, "models": used, "model_override": cfg.model,
-        "crop": cfg.crop, "tags": dict(cfg.tags), "versions": software_versions(),
+        "crop": cfg.crop, "tags": dict(cfg.tags), "camera": Intrinsics(cfg.focal_px).describe(),
+        "versions": software_versions(),
         "device": str(next(iter(models.values())).device) if models else cfg.device,
     }
 
@@ -206,7 +215,8 @@ def run_capture(cfg: CaptureConfig, show_progress: bool = True) -> CaptureResult
         raise UserError(f"capture folder {out} already exists and is not empty; choose another --out")
     (out / "crops").mkdir(parents=True, exist_ok=True)
     tiles = {t["tile_id"]: t for t in manifest["tiles"]}
-    ctx = _Session(cfg, out, tiles, models, tile_model, true_class, Locator(manifest),
+    ctx = _Session(cfg, out, tiles, models, tile_model, true_class, Locator(manifest, camera=Intrinsics(cfg.focal_px),
+                                   input_sizes={t: models[s].input_size for t, s in tile_model.items()}),
                    make_detector(manifest["aruco_dictionary"]), {tid: 0 for tid in tiles},
                    {tid: {"found": 0, "fooled": 0, "frames": 0} for tid in tiles})
     session = _session_record(cfg, source, manifest, models, tile_model)
@@ -218,7 +228,7 @@ def run_capture(cfg: CaptureConfig, show_progress: bool = True) -> CaptureResult
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt) if _in_main_thread() else None
     log = open(out / "detections.jsonl", "a", encoding="utf-8")
     try:
-        with make_progress(disable=not show_progress or source.live) as progress:
+        with make_progress(disable=not show_progress or source.live, transient=True) as progress:
             task = progress.add_task("capture", total=getattr(source, "files", None) and len(source.files), info="")
             for frame, ref in source.frames():
                 now = time.time()
@@ -255,6 +265,11 @@ def run_capture(cfg: CaptureConfig, show_progress: bool = True) -> CaptureResult
         session.update(ended=ended, finished=utc_now(), frames=frames_done,
                        fps=round(frames_done / elapsed, 2) if elapsed else None, counts=ctx.counts)
         atomic_write_json(out / "session.json", session)
+    if ctx.ambiguous_frames and not ctx.unique_frames:
+        shutil.rmtree(out, ignore_errors=True)  # made by this session, and it holds no observation
+        raise UserError(f"in all {ctx.ambiguous_frames} frame(s) where sheet {manifest['sheet_id']}'s markers were seen, "
+                        "every one was seen more than once (two printed copies in view, or another sheet from the "
+                        f"same ArUco dictionary), so no tile could be located; nothing was written to {out}")
     return CaptureResult(out, frames_done, session["fps"] or 0.0, ctx.counts)
 
 
@@ -276,6 +291,10 @@ def _process_frame(frame: np.ndarray, ref: dict, index: int, now: float, ctx: _S
         ``(view, pred, confidence, fooled)`` for each found tile (for the live window).
     """
     detections = detect(frame, ctx.detector)
+    if any(d.marker_id in ctx.locator.markers for d in detections):
+        ctx.unique_frames += 1
+    elif any(i in ctx.locator.markers for i in detections.ambiguous):
+        ctx.ambiguous_frames += 1
     views = ctx.locator.locate(detections, (frame.shape[1], frame.shape[0]))
     results = _classify(frame, [v for v in views if v.found], ctx)
     lines, overlay = [], []
@@ -284,6 +303,12 @@ def _process_frame(frame: np.ndarray, ref: dict, index: int, now: float, ctx: _S
                 "markers_used": v.markers_used, "source": ref}
         if v.ambiguous:
             line["ambiguous_markers"] = v.ambiguous
+        if v.located_by:
+            line["located_by"] = v.located_by
+        if v.seen is not None:
+            line.update(size_px=v.seen.size_px, angle_deg=v.seen.angle_deg, distance_mm=v.seen.distance_mm)
+        if v.corner_sd is not None:
+            line["corner_sd_px"] = round(v.corner_sd, 3) if np.isfinite(v.corner_sd) else None
         ctx.counts[v.tile_id]["frames"] += 1
         if not v.found:
             line["reason"] = v.reason
@@ -294,6 +319,7 @@ def _process_frame(frame: np.ndarray, ref: dict, index: int, now: float, ctx: _S
             ctx.counts[v.tile_id]["found"] += 1
             ctx.counts[v.tile_id]["fooled"] += int(fooled)
             line.update(reprojection_px=round(v.reprojection_px, 3), corners_px=np.round(v.corners_px, 2).tolist(),
+                        undersampled=bool(v.seen is not None and v.seen.size_px < ctx.models[ctx.tile_model[v.tile_id]].input_size),
                         model=ctx.tile_model[v.tile_id], pred=pred, confidence=round(vals[0], 5),
                         top5=[{"class": n, "prob": round(p, 5)} for p, n in zip(vals, names)],
                         crop=_maybe_save_crop(ctx.out, v.tile_id, index, crop, ctx.saved_crops))

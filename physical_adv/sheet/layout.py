@@ -8,6 +8,7 @@ from pathlib import Path
 
 from physical_adv.artifacts import read_named_toml
 from physical_adv.errors import UserError
+from physical_adv.markers import readable_problem
 
 # Installed from a wheel the templates ship inside the package; in a source checkout
 # (the editable install) they are the repository's top-level print_templates/.
@@ -28,6 +29,7 @@ class Template:
     marker_mm: float = 12.0
     quiet_mm: float = 2.0
     gap_mm: float = 6.0
+    distance_mm: float = 1200.0  # the farthest the camera will be; the markers must be readable from there
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -41,6 +43,11 @@ class Template:
             raise ValueError(f"tile_mm must be at least 10 mm, got {self.tile_mm:g}")
         if self.marker_mm < 4:
             raise ValueError(f"marker_mm must be at least 4 mm, got {self.marker_mm:g}")
+        if not 100 <= self.distance_mm <= 100_000:
+            raise ValueError(f"distance_mm must be in [100, 100000], got {self.distance_mm:g}")
+        problem = readable_problem(self.marker_mm, self.distance_mm)
+        if problem:
+            raise ValueError(problem)
 
     @property
     def block_mm(self) -> float:
