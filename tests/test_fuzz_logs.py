@@ -19,11 +19,15 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
 
 # log lines that look like capture's: the right keys with values of any type, or missing
+# what capture measured of the view (report.by_seen): in range, out of range, NaN, infinite or not numbers
+geometry = {**{key: st.floats(-10, 400) | st.floats() | json_values for key in ("size_px", "angle_deg", "distance_mm")},
+            "undersampled": st.booleans() | json_values, "located_by": st.sampled_from(["tile", "page"]) | json_values}
+
 line_dicts = st.fixed_dictionaries({}, optional={
     "frame": json_values, "time": json_values, "tile_id": st.sampled_from(["01", "02", "03"]) | json_values,
     "found": st.booleans() | json_values, "pred": st.sampled_from(["stop", "yield"]) | json_values,
     "confidence": json_values, "top5": json_values, "corners_px": json_values, "markers_used": json_values,
-    "reason": json_values, "source": json_values | st.fixed_dictionaries({"frame_index": json_values})})
+    "reason": json_values, "source": json_values | st.fixed_dictionaries({"frame_index": json_values}), **geometry})
 raw_lines = st.one_of(line_dicts.map(json.dumps), st.text(max_size=40), json_values.map(json.dumps))
 
 
@@ -59,3 +63,19 @@ def test_any_session_record_gives_a_report_or_one_line_error(capsys, tmp_path, s
     line = {"frame": 0, "time": 1.0, "tile_id": "01", "found": True, "pred": "stop", "confidence": 0.9,
             "top5": [{"class": "stop", "prob": 0.9}], "corners_px": [[0, 0], [1, 0], [1, 1], [0, 1]], "markers_used": [0]}
     _check(capsys, tmp_path, session, [json.dumps(line)])
+
+
+# complete lines, found or not, whose view measurements and the session's model input sizes are fuzzed
+complete_lines = st.fixed_dictionaries(
+    {"frame": st.integers(0, 6), "tile_id": st.sampled_from(["01", "02"]), "found": st.booleans(),
+     "pred": st.sampled_from(["stop", "yield"]), "confidence": st.just(0.9), "markers_used": st.just([0]),
+     "top5": st.just([{"class": "stop", "prob": 0.9}])}, optional=geometry).map(json.dumps)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(complete_lines, min_size=1, max_size=12),
+       models=json_values | st.fixed_dictionaries({"signs": st.fixed_dictionaries({"input_size": json_values})}))
+def test_any_view_measurements_give_a_report(capsys, tmp_path, lines, models):
+    session = json.dumps({"manifest": {"sheet_id": "fuzz", "tiles": TILES, "markers": []}, "tags": {},
+                          "source": {"kind": "images"}, "models": models}, allow_nan=True)
+    _check(capsys, tmp_path, session, lines)

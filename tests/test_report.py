@@ -2,14 +2,13 @@
 HTML file, on capture folders written by hand (the demo's own report is tested in test_demo.py)."""
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import assert_one_line_error, run_cli
+from helpers import assert_one_line_error, dump_dom, run_cli
 from physical_adv.report import compute_report, pool
 from physical_adv.stats import wilson_interval
 
@@ -354,20 +353,10 @@ def test_manifest_that_does_not_match_the_log(capsys, tmp_path):
 
 @pytest.mark.browser
 def test_html_report_opens_in_headless_chromium(html_report, tmp_path):
-    import subprocess
-
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not chromium:
-        pytest.skip("Chromium is not installed (apt-get install chromium)")
-    proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                           "--disable-component-update", "--disable-sync", "--no-first-run",
-                           f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-                           "--dump-dom", html_report.as_uri()], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    dom = proc.stdout
+    dom, stderr = dump_dom(html_report, tmp_path / "profile")
     for tile_id in ("01", "02", "03", "04"):
         assert f'data-tile="{tile_id}"' in dom
-    assert "Uncaught" not in proc.stderr
+    assert "Uncaught" not in stderr
 
 
 def test_class_names_spelled_differently_in_manifest_and_model_count_as_the_same_class(tmp_path):

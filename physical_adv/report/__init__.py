@@ -14,6 +14,9 @@ was found.
 Each adversarial tile says how it was made (``attack``: "white-box", "black-box NES, 10,000
 queries", or "not recorded" for a sheet from before the manifest carried it) and carries its
 black-box record (``blackbox``), both read from the manifest copy.
+
+``by_seen`` bins the same survival rates by what the camera saw — the tile's apparent size,
+the viewing angle and the distance, as capture logs them (:mod:`physical_adv.report.seen`).
 """
 
 from __future__ import annotations
@@ -304,6 +307,8 @@ def compute_report(obs: Observations, by: str | None = None) -> dict:
     pairs = [(t, next((c for c in obs.tiles.values() if c["kind"] == "clean" and c["run"] == t["run"]), None))
              for t in obs.tiles.values() if t["kind"] == "adversarial"]
     runs, destruction = destruction_rates(pairs, lines_by_tile)
+    from physical_adv.report.seen import by_seen  # it builds on this module's rates
+
     report = {
         "schema": SCHEMA, "created": utc_now(), "sheet_id": obs.sessions[0].record["manifest"].get("sheet_id"),
         "intervals": {"method": METHOD, "description": METHOD_TEXT, "clusters": "segments",
@@ -315,6 +320,7 @@ def compute_report(obs: Observations, by: str | None = None) -> dict:
         "skipped_lines": obs.skipped, "tiles": tiles, "runs": runs,
         "summary": {"adversarial": _kind_summary(obs.tiles, lines_by_tile, "adversarial"),
                     "clean": _kind_summary(obs.tiles, lines_by_tile, "clean"), **destruction},
+        "by_seen": by_seen(obs),
         "versions": software_versions(),
     }
     models = by_model(obs.tiles, lines_by_tile)

@@ -68,6 +68,102 @@ def confidence_plot(obs: Observations) -> str:
     return _figure_uri(fig)
 
 
+# the series of a by_seen plot: (kind, rate, legend label, colour, x offset within the bin)
+SEEN_SERIES = (("adversarial", "untargeted_success", "adversarial: not its true class", "#cf222e", -0.12),
+               ("adversarial", "targeted_success", "adversarial: the target class", "#8250df", 0.0),
+               ("clean", "accuracy", "clean control: accuracy", "#57606a", 0.12))
+
+
+def seen_plot(quantity: dict) -> str:
+    """Survival against one quantity of ``by_seen`` (a recorded one): a point per bin and series
+    with its 95 % interval, the bins side by side; on the size plot a dashed line at each model's
+    input size (an edge of the bins: left of it the tile is undersampled).
+
+    Args:
+        quantity: one quantity of ``report["by_seen"]`` with ``recorded`` true.
+
+    Returns:
+        The plot as a PNG data URI.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bins = quantity["bins"]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    for kind, name, label, colour, dx in SEEN_SERIES:
+        points = [(i + dx, b[kind][name]) for i, b in enumerate(bins) if b[kind][name]["n"]]
+        if points:
+            x, rates = zip(*points)
+            y = [r["rate"] for r in rates]
+            yerr = [[r["rate"] - r["ci95"][0] for r in rates], [r["ci95"][1] - r["rate"] for r in rates]]
+            ax.errorbar(x, y, yerr=yerr, fmt="o-", lw=1, capsize=3, color=colour, label=label)
+    specs_by_size: dict[int, list[str]] = {}
+    for spec, size in sorted((quantity.get("input_sizes") or {}).items()):
+        specs_by_size.setdefault(size, []).append(spec)
+    for size, specs in sorted(specs_by_size.items()):
+        x = next((i for i, b in enumerate(bins) if b["lo"] >= size), len(bins)) - 0.5
+        text = "model input" if len(specs_by_size) == 1 else f"{', '.join(specs)} input"
+        ax.axvline(x, ls="--", color="#0969da", lw=1)
+        ax.text(x, 1.05, f" {text} {size} px", color="#0969da", fontsize=8, va="bottom")
+    ax.set_xticks(range(len(bins)), [f"{b['label']}\n{b['found']} found" for b in bins], fontsize=7)
+    ax.set_xlim(-0.5, len(bins) - 0.5)
+    ax.set_ylim(-0.03, 1.03)  # points at 0 and 1 stay whole
+    ax.set_xlabel(f"{quantity['label']} ({quantity['unit']})")
+    ax.set_ylabel("rate over found (95 % interval)")
+    if ax.get_legend_handles_labels()[0]:  # a bin holding only lines not found has no point to draw
+        ax.legend(fontsize=7, loc="best")
+    return _figure_uri(fig)
+
+
+def _seen_table(quantity: dict) -> str:
+    """One quantity's bins: found / lines, undersampled, and each kind's rates with their intervals
+    (a targeted column only when a targeted tile was found)."""
+    targeted = any(b["adversarial"]["targeted_success"]["n"] for b in quantity["bins"])
+    rates = [("adversarial", "untargeted_success", "untargeted"),
+             *([("adversarial", "targeted_success", "targeted")] if targeted else []), ("clean", "accuracy", "clean accuracy")]
+    rows = []
+    for b in quantity["bins"]:
+        cells = "".join(f"<td>{_with_ci(b[kind][n]['rate'], b[kind][n]['ci95'])} of {b[kind][n]['n']}</td>" for kind, n, _ in rates)
+        rows.append(f'<tr data-lo="{b["lo"]}"><td>{html.escape(b["label"])}</td><td>{b["found"]}/{b["frames"]}</td>'
+                    f'<td>{b["undersampled"]}</td>{cells}</tr>')
+    head = "".join(f"<th>{title}</th>" for *_, title in rates)
+    return f"<table><tr><th>bin</th><th>found</th><th>undersampled</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _seen_section(report: dict) -> str:
+    """Survival against apparent size, viewing angle and distance (``by_seen``): a plot and a
+    table for each quantity the logs record, "not recorded" for the others."""
+    seen = report["by_seen"]
+    keys = [k for k, q in seen.items() if isinstance(q, dict)]  # not its description
+    parts = []
+    for key in keys:
+        q = seen[key]
+        name = f"{q['label']} ({q['unit']})"
+        if not q["recorded"]:
+            parts.append(f'<p class="not-recorded" data-quantity="{key}"><b>{html.escape(q["label"])}</b>: '
+                         f'{html.escape(q["note"])}.</p>')
+            continue
+        alt = (f"survival against {name}: adversarial success and clean-control accuracy per bin, with 95 % intervals"
+               + ("; dashed line: the model's input size" if q.get("input_sizes") else ""))
+        extra = (f" {q['malformed']} line(s) with a malformed value left out." if q["malformed"] else "") + (
+            f" {q['missing']} found line(s) without it." if q["missing"] else "")
+        parts.append(f'<h3>Against {html.escape(name)}</h3>'
+                     f'<img class="seen-plot" data-quantity="{key}" alt="{html.escape(alt)}" src="{seen_plot(q)}">'
+                     f'<p>{q["found"]} found observations in {len(q["bins"])} bin(s), {q["undersampled"]} undersampled.{extra}</p>'
+                     f"{_seen_table(q)}")
+    recorded = " ".join(k for k in keys if seen[k]["recorded"])
+    return (f'<section id="seen" data-recorded="{recorded}"><h2>Survival against size, angle and distance</h2>'
+            "<p>At what distance and angle does the attack stop working (Eykholt et al. 2018; Kurakin et al. 2016)? "
+            "Each found observation falls in a bin by the tile's apparent side in the frame, the viewing angle (between "
+            "the page normal and the line of sight, 0° = face on) and the camera's distance to the tile (in sheet "
+            "millimetres, from an approximate camera matrix unless the camera was calibrated); the rates are pooled over "
+            "the tiles of each kind, with the same clustered 95 % intervals as above. <i>Undersampled</i>: the tile's "
+            "side in the frame was below its model's input size, so the classifier saw it upsampled.</p>"
+            f"{''.join(parts)}</section>\n")
+
+
 def gallery(obs: Observations, per_tile: int = 8) -> str:
     parts = []
     for tid, tile in obs.tiles.items():
@@ -224,7 +320,7 @@ otherwise stays in its segment.
 {_tile_rows(report)}</table>
 <img alt="survival per tile" src="{survival_plot(report)}">
 {_destruction_section(report)}
-<h2>Confidence</h2><img alt="confidence distributions" src="{confidence_plot(obs)}">
+{_seen_section(report)}<h2>Confidence</h2><img alt="confidence distributions" src="{confidence_plot(obs)}">
 <h2>Gallery of rectified tiles</h2><p>Green: still its true class; red: fooled.</p>
 {gallery(obs)}
 {_by_tag_section(report)}

@@ -48,6 +48,35 @@ def destruction_lines(report: dict) -> list[str]:
     return out
 
 
+def seen_lines(report: dict) -> list[str]:
+    """Survival against apparent size, viewing angle and distance (``by_seen``), one line per
+    recorded quantity: each bin's adversarial untargeted success and clean accuracy in whole
+    percent with their numbers of found observations (the intervals are in report.json and
+    report.html), and one line naming the quantities the logs do not record."""
+    seen = {k: q for k, q in report["by_seen"].items() if isinstance(q, dict)}  # not its description
+    out = []
+    for q in seen.values():
+        if not q["recorded"]:
+            continue
+        cells = []
+        for b in q["bins"]:
+            adv, clean = b["adversarial"]["untargeted_success"], b["clean"]["accuracy"]
+            rates = "/".join(UNDEFINED if r["rate"] is None else f"{100 * r['rate']:.0f}" for r in (adv, clean))
+            cells.append(f"{b['label']} {rates} % ({adv['n']}/{clean['n']})")
+        note = ""
+        if "input_sizes" in q:  # the size line says how many views were below the model's input
+            sizes = ", ".join(f"{v} px" for v in sorted(set(q["input_sizes"].values())))
+            note = f"; {q['undersampled']} undersampled" + (f" (below the model input, {sizes})" if sizes else "")
+        out.append(f"  by {q['label']}: " + " · ".join(cells) + note)
+    missing = [q["label"] for q in seen.values() if not q["recorded"]]
+    if out:
+        out.insert(0, "survival against what the camera saw: adversarial untargeted success / clean accuracy "
+                      "(found adversarial/clean); intervals in report.html")
+    if missing:
+        out.append(f"{', '.join(missing)}: not recorded in these capture logs")
+    return out
+
+
 def by_tag_table(report: dict) -> Table:
     """The ``--by TAG`` breakdown: each tile's main rate (success or accuracy) per tag value."""
     tag = report["by"]["tag"]
@@ -96,7 +125,7 @@ def print_table(report: dict) -> None:
         console.print(by_model_table(report))
     if "by" in report:
         console.print(by_tag_table(report))
-    for line in destruction_lines(report):
+    for line in destruction_lines(report) + seen_lines(report):
         console.print(line, highlight=False, markup=False, soft_wrap=True)
     if report["skipped_lines"]:
         console.print(f"[yellow]{report['skipped_lines']} incomplete log line(s) skipped (a capture ended mid-line)")
