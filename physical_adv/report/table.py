@@ -51,15 +51,15 @@ def destruction_lines(report: dict) -> list[str]:
 def seen_lines(report: dict) -> list[str]:
     """Survival against apparent size, viewing angle and distance (``by_seen``), one line per
     recorded quantity: each bin's adversarial untargeted success and clean accuracy in whole
-    percent with their numbers of found observations (the intervals are in report.json and
-    report.html), and one line naming the quantities the logs do not record."""
+    percent with their numbers of found observations (bins without one, and the intervals, are
+    in report.json and report.html), and one line naming the quantities the logs do not record."""
     seen = {k: q for k, q in report["by_seen"].items() if isinstance(q, dict)}  # not its description
     out = []
     for q in seen.values():
         if not q["recorded"]:
             continue
         cells = []
-        for b in q["bins"]:
+        for b in (b for b in q["bins"] if b["found"]):  # bins of tiles seen but never found: in report.html
             adv, clean = b["adversarial"]["untargeted_success"], b["clean"]["accuracy"]
             rates = "/".join(UNDEFINED if r["rate"] is None else f"{100 * r['rate']:.0f}" for r in (adv, clean))
             cells.append(f"{b['label']} {rates} % ({adv['n']}/{clean['n']})")
@@ -67,7 +67,7 @@ def seen_lines(report: dict) -> list[str]:
         if "input_sizes" in q:  # the size line says how many views were below the model's input
             sizes = ", ".join(f"{v} px" for v in sorted(set(q["input_sizes"].values())))
             note = f"; {q['undersampled']} undersampled" + (f" (below the model input, {sizes})" if sizes else "")
-        out.append(f"  by {q['label']}: " + " · ".join(cells) + note)
+        out.append(f"  by {q['label']}: " + (" · ".join(cells) or "no found observation") + note)
     missing = [q["label"] for q in seen.values() if not q["recorded"]]
     if out:
         out.insert(0, "survival against what the camera saw: adversarial untargeted success / clean accuracy "
