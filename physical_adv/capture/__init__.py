@@ -24,8 +24,10 @@ live camera, ``frames/`` (every N-th frame and those saved with the space bar).
 from __future__ import annotations
 
 import json
+import queue
 import shutil
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,11 +232,11 @@ def run_capture(cfg: CaptureConfig, show_progress: bool = True) -> CaptureResult
     try:
         with make_progress(disable=not show_progress or source.live, transient=True) as progress:
             task = progress.add_task("capture", total=getattr(source, "files", None) and len(source.files), info="")
-            for frame, ref in source.frames():
+            for frame, ref, detections in read_ahead(source, ctx.detector):
                 now = time.time()
                 if t_first is None:
                     t_first = time.perf_counter()
-                lines, overlay = _process_frame(frame, ref, frames_done, now, ctx)
+                lines, overlay = _process_frame(frame, ref, detections, frames_done, now, ctx)
                 log.write("".join(json.dumps(line) + "\n" for line in lines))
                 log.flush()
                 frames_done += 1
@@ -283,14 +285,64 @@ def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
     raise KeyboardInterrupt
 
 
-def _process_frame(frame: np.ndarray, ref: dict, index: int, now: float, ctx: _Session) -> tuple[list[dict], list]:
-    """Detect, locate, rectify and classify one frame.
+_END = object()
+
+
+def read_ahead(source: Source, detector, depth: int = 3):
+    """The source's frames with their markers, ``(frame, reference, detections)`` in order: a
+    thread reads (decodes) each frame and detects its markers — OpenCV, which releases the GIL
+    — while the caller locates, classifies and logs the previous ones, so that the two halves
+    of the work run on two cores. The thread stops when the caller stops iterating (``q``,
+    Ctrl-C, ``--max-frames``) and its errors are raised in the caller.
+
+    Args:
+        source: where the frames come from.
+        detector: from :func:`physical_adv.markers.make_detector`.
+        depth: frames read ahead at most (a live camera's frames are at most this late).
+    """
+    items: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for frame, ref in source.frames():
+                if not put((frame, ref, detect(frame, detector))):
+                    return
+            put(_END)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, which raises it
+            put(exc)
+
+    worker = threading.Thread(target=work, name="capture-read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = items.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+def _process_frame(frame: np.ndarray, ref: dict, detections, index: int, now: float, ctx: _Session) -> tuple[list[dict], list]:
+    """Locate, rectify and classify one frame from its markers.
 
     Returns:
         ``(lines, overlay)``: one log line per tile whose page is in view, and
         ``(view, pred, confidence, fooled)`` for each found tile (for the live window).
     """
-    detections = detect(frame, ctx.detector)
     if any(d.marker_id in ctx.locator.markers for d in detections):
         ctx.unique_frames += 1
     elif any(i in ctx.locator.markers for i in detections.ambiguous):
