@@ -1,5 +1,6 @@
-"""ArUco detector settings and marker size for small, blurred markers: detection rates,
-false ids, corner error and time per frame, every candidate side by side.
+"""ArUco detector settings and marker size for small, blurred markers, side by side.
+
+Detection rates, false ids, corner error and time per frame of every candidate.
 
 Usage: python benchmarks/marker_detection.py [--photos 60] [--seed 0 1] [--marker-mm 12 14 16 18]
        [--configs NAME ...] [--conditions far default] [--cache /tmp/detector-bench]
