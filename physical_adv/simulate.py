@@ -353,9 +353,10 @@ def _covered(mask: np.ndarray, hom: np.ndarray, quads_mm: np.ndarray) -> np.ndar
     return (vals >= 0.5).mean(1)
 
 
-def _camera(rng: np.random.Generator, frame: np.ndarray, scene: Conditions) -> np.ndarray:
+def _camera(rng: np.random.Generator, frame: np.ndarray, scene: Conditions) -> tuple[np.ndarray, dict]:
     """The camera: lighting ramp, exposure, white balance, gamma, defocus or motion blur,
-    sensor noise; float32 [0, 1] BGR in, uint8 out."""
+    sensor noise; float32 [0, 1] BGR in, uint8 out, and the blur applied
+    (``{"defocus_sigma_px": σ}``, ``{"motion_px": length}`` or ``{}``)."""
     ang = rng.uniform(0, 2 * math.pi)
     amp = rng.uniform(0, 0.35)
     x = (np.arange(FRAME_W, dtype=np.float32) / FRAME_W - 0.5) * math.cos(ang)
@@ -367,10 +368,13 @@ def _camera(rng: np.random.Generator, frame: np.ndarray, scene: Conditions) -> n
     r = rng.random()
     p_defocus, lo, hi = scene.defocus
     p_motion, shortest, longest = scene.motion
+    blur: dict = {}
     if r < p_defocus:
-        frame = cv2.GaussianBlur(frame, (0, 0), rng.uniform(lo, hi))
+        blur["defocus_sigma_px"] = round(float(rng.uniform(lo, hi)), 3)
+        frame = cv2.GaussianBlur(frame, (0, 0), blur["defocus_sigma_px"])
     elif r < p_defocus + (1 - p_defocus) * p_motion:
         length = int(rng.integers(int(shortest), int(longest)))
+        blur["motion_px"] = length
         kernel = np.zeros((length, length), np.float32)
         kernel[length // 2] = 1.0 / length
         rot = cv2.getRotationMatrix2D(((length - 1) / 2, (length - 1) / 2), rng.uniform(0, 180), 1.0)
@@ -378,7 +382,7 @@ def _camera(rng: np.random.Generator, frame: np.ndarray, scene: Conditions) -> n
         frame = cv2.filter2D(frame, -1, kernel / max(kernel.sum(), 1e-6))
     sigma = rng.uniform(0.003, 0.02)
     frame = frame * 255 + (rng.standard_normal(frame.shape, dtype=np.float32) * np.float32(sigma * 255) + np.float32(0.5))
-    return np.clip(frame, 0, 255, out=frame).astype(np.uint8)
+    return np.clip(frame, 0, 255, out=frame).astype(np.uint8), blur
 
 
 class _PrintedPage:
@@ -431,7 +435,7 @@ def _photo(rng: np.random.Generator, cfg: SimulateConfig, manifest: dict, page: 
     if k1:
         frame = cv2.remap(frame.astype(np.float32), *_distortion_maps(k1, pose.f), cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REFLECT)
-    photo = _camera(rng, frame, scene)
+    photo, blur = _camera(rng, frame, scene)
     quality = int(rng.integers(60, 96))
     _, buf = cv2.imencode(".jpg", photo, [cv2.IMWRITE_JPEG_QUALITY, quality])
     corners = _project(_SHIFT @ hom, _tile_quads(tiles))
@@ -443,7 +447,7 @@ def _photo(rng: np.random.Generator, cfg: SimulateConfig, manifest: dict, page: 
     tile_cover = _covered(covered, hom, _tile_quads(tiles))
     truth = {
         "page": page_no, "jpeg_quality": quality, "homography_mm_to_px": (_SHIFT @ hom).tolist(),
-        "camera": {"focal_px": round(pose.f, 2), "k1": round(k1, 5)},
+        "camera": {"focal_px": round(pose.f, 2), "k1": round(k1, 5), **blur},
         "tile_corners_px": {t["tile_id"]: c.round(3).tolist() for t, c in zip(tiles, corners)},
         "tiles_in_frame": [t["tile_id"] for t, c in zip(tiles, corners) if _inside(c).all()],
         "tiles_seen": _seen(pose, page_mm, tiles, corners),

@@ -165,6 +165,28 @@ def test_tiles_that_do_not_fit_fail_cleanly(capsys, runs, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("marker_mm, distance_mm, fragment", [
+    (12, 1200, "12 mm markers look 14.1 px wide from 1200 mm"),  # the old default, from as far as the new one
+    (18, 3000, "use marker_mm ≥ 38.4 or distance_mm ≤ 1408"),
+])
+def test_a_template_whose_markers_cannot_be_read_from_its_distance_fails_cleanly(capsys, runs, tmp_path, marker_mm,
+                                                                                  distance_mm, fragment):
+    template = tmp_path / "far.toml"
+    template.write_text(f'page_mm = [210.0, 297.0]\nmarker_mm = {marker_mm}\ndistance_mm = {distance_mm}\n')
+    out = tmp_path / "x.pdf"
+    code, _, err = run_cli(capsys, "sheet", runs[0], "--template", str(template), "--out", str(out))
+    assert_clean_failure(code, err, fragment, out)
+
+
+def test_the_default_markers_are_readable_from_the_default_distance():
+    from physical_adv.markers import MIN_MARKER_PX, marker_px
+    from physical_adv.sheet.layout import load_template
+
+    for name in ("a4", "letter"):
+        t = load_template(name)
+        assert marker_px(t.marker_mm, t.distance_mm) >= MIN_MARKER_PX
+
+
 def test_many_runs_fill_several_pages_with_unique_markers(runs, tmp_path):
     sheet = make_sheet(SheetConfig(runs=tuple(runs * 3), out=tmp_path / "big.pdf", previews=False))
     assert sheet.manifest["pages"] == 3

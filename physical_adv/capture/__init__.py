@@ -43,7 +43,7 @@ from physical_adv.classes import class_index
 from physical_adv.errors import UserError
 from physical_adv.images import to_batch
 from physical_adv.manifest import read_manifest
-from physical_adv.markers import detect, make_detector
+from physical_adv.markers import detect, make_detector, page_boards
 from physical_adv.models import load_model
 from physical_adv.outcome import is_fooled
 from physical_adv.ui import console, make_progress
@@ -229,10 +229,13 @@ def run_capture(cfg: CaptureConfig, show_progress: bool = True) -> CaptureResult
     frames_done, t_first, ended = 0, None, "source ended"
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt) if _in_main_thread() else None
     log = open(out / "detections.jsonl", "a", encoding="utf-8")
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, torch_threads - 1))  # a core for the read-ahead thread; the batches are tiny
     try:
         with make_progress(disable=not show_progress or source.live, transient=True) as progress:
             task = progress.add_task("capture", total=getattr(source, "files", None) and len(source.files), info="")
-            for frame, ref, detections in read_ahead(source, ctx.detector):
+            for frame, ref, detections in read_ahead(source, ctx.detector, page_boards(manifest),
+                                                      make_detector(manifest["aruco_dictionary"], relaxed=True)):
                 now = time.time()
                 if t_first is None:
                     t_first = time.perf_counter()
@@ -257,6 +260,7 @@ def run_capture(cfg: CaptureConfig, show_progress: bool = True) -> CaptureResult
     except KeyboardInterrupt:
         ended = "interrupted"
     finally:
+        torch.set_num_threads(torch_threads)
         log.close()
         source.close()
         if window:
@@ -288,7 +292,7 @@ def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
 _END = object()
 
 
-def read_ahead(source: Source, detector, depth: int = 3):
+def read_ahead(source: Source, detector, boards: dict | None = None, relaxed=None, depth: int = 3):
     """The source's frames with their markers, ``(frame, reference, detections)`` in order: a
     thread reads (decodes) each frame and detects its markers — OpenCV, which releases the GIL
     — while the caller locates, classifies and logs the previous ones, so that the two halves
@@ -298,6 +302,8 @@ def read_ahead(source: Source, detector, depth: int = 3):
     Args:
         source: where the frames come from.
         detector: from :func:`physical_adv.markers.make_detector`.
+        boards: the sheet's pages (:func:`physical_adv.markers.page_boards`), to recover markers.
+        relaxed: the second-pass detector (see :func:`physical_adv.markers.detect`).
         depth: frames read ahead at most (a live camera's frames are at most this late).
     """
     items: queue.Queue = queue.Queue(depth)
@@ -315,7 +321,7 @@ def read_ahead(source: Source, detector, depth: int = 3):
     def work() -> None:
         try:
             for frame, ref in source.frames():
-                if not put((frame, ref, detect(frame, detector))):
+                if not put((frame, ref, detect(frame, detector, boards=boards, relaxed=relaxed))):
                     return
             put(_END)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller, which raises it

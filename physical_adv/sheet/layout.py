@@ -26,7 +26,7 @@ class Template:
     header_mm: float = 20.0
     footer_mm: float = 20.0
     tile_mm: float = 50.0
-    marker_mm: float = 12.0
+    marker_mm: float = 18.0
     quiet_mm: float = 2.0
     gap_mm: float = 6.0
     distance_mm: float = 1200.0  # the farthest the camera will be; the markers must be readable from there
