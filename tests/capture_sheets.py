@@ -70,10 +70,11 @@ def write_run(out: Path, sign: str, model: str = "signs", seed: int = 0, size: i
     return out
 
 
-def make_test_sheet(root: Path, runs: tuple[tuple[str, str], ...] = (("stop", "signs"), ("speed limit 50", "signs"))):
+def make_test_sheet(root: Path, runs: tuple[tuple[str, str], ...] = (("stop", "signs"), ("speed limit 50", "signs")),
+                    template: str = "a4"):
     """A one-page sheet of each run's adversarial tile and clean control (tiles 01 … in run order)."""
     dirs = [str(write_run(root / f"run{i}", sign, model, seed=i)) for i, (sign, model) in enumerate(runs)]
-    return make_sheet(SheetConfig(runs=tuple(dirs), out=root / "sheet.pdf", previews=False))
+    return make_sheet(SheetConfig(runs=tuple(dirs), out=root / "sheet.pdf", template=template, previews=False))
 
 
 def shared_sheet(tmp_path_factory):

@@ -188,3 +188,50 @@ def test_viewing_angle_and_distance_come_from_the_homography_and_the_camera():
     # a wrong focal length (the assumed one) moves the distance, much less the angle
     rough = viewing_geometry(hom, quad, (105, 148.5), Intrinsics(None).matrix((w, h)))
     assert abs(rough.distance_mm / 800 - 1.1 * w / f) < 0.01 and abs(rough.angle_deg - 35) < 12
+
+
+def _board_page():
+    """PAGE as a sheet manifest for :func:`physical_adv.markers.page_boards`."""
+    return {**PAGE, "aruco_dictionary": "DICT_4X4_250"}
+
+
+def test_a_relaxed_pass_keeps_only_markers_that_agree_on_one_page():
+    from physical_adv.markers import _agreeing, page_boards
+
+    boards = page_boards(_board_page())
+    right = [_page_marker(i).corners for i in (0, 5, 10)]
+    misread = _page_marker(3).corners  # id 3 read where marker 15 is printed
+    misread_at = _page_marker(15).corners
+    ids = np.int32([[0], [5], [10], [3]])
+    assert _agreeing((*right, misread_at), ids, boards) == [0, 1, 2]  # the misread id is dropped
+    assert _agreeing((right[0], misread), np.int32([[0], [3]]), boards) == [0, 1]  # two that agree are kept
+    assert _agreeing((right[0],), np.int32([[0]]), boards) == []  # one marker alone proves nothing
+    assert _agreeing((right[0], misread_at), np.int32([[0], [3]]), boards) == []  # two that disagree: neither
+
+
+def test_the_page_layout_recovers_markers_the_first_pass_rejected(tmp_path):
+    """A rendered page of real markers, shrunk and motion-blurred until the detector alone
+    misses some: the board (the page's layout) brings them back, at their true places."""
+    from physical_adv.markers import make_detector, page_boards
+    from physical_adv.sheet import SheetConfig, make_sheet
+    from physical_adv.sheet.render import render_pages
+
+    from capture_sheets import write_run
+
+    runs = [str(write_run(tmp_path / f"r{i}", sign, seed=i)) for i, sign in enumerate(("stop", "yield"))]
+    sheet = make_sheet(SheetConfig(runs=tuple(runs), out=tmp_path / "s.pdf", previews=False))
+    page = render_pages(sheet.pdf, 200)[0]
+    small = cv2.resize(page, None, fx=0.135, fy=0.135, interpolation=cv2.INTER_AREA)  # ≈ 20 px markers
+    kernel = np.zeros((5, 5), np.float32)
+    kernel[2] = 1 / 5  # 5 px of horizontal motion blur
+    frame = np.full((720, 1280, 3), 120, np.uint8)
+    h, w = small.shape[:2]
+    frame[100:100 + h, 400:400 + w] = cv2.filter2D(small, -1, kernel)
+    detector = make_detector()
+    plain = detect(frame, detector)
+    helped = detect(frame, detector, boards=page_boards(sheet.manifest))
+    assert 0 < len(plain) < 8 and len(helped) == 16  # 4 and 16 when written
+    px_per_mm = 200 / 25.4 * 0.135
+    truth = {m["id"]: np.array(m["center_mm"]) * px_per_mm + [400, 100] for m in sheet.manifest["markers"]}
+    for d in helped:
+        assert np.linalg.norm(d.centre - truth[d.marker_id]) < 2.0, d.marker_id
