@@ -178,7 +178,6 @@ class _Session:
     tile_model: dict[str, str]
     true_class: dict[str, str]
     locator: Locator
-    detector: object
     saved_crops: dict[str, int] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     unique_frames: int = 0  # frames in which a marker of the sheet was seen exactly once
@@ -210,6 +209,7 @@ def run_capture(cfg: CaptureConfig, show_progress: bool = True) -> CaptureResult
     manifest = read_manifest(cfg.sheet)
     models, tile_model = _load_models(manifest, cfg)
     true_class = _true_classes(manifest, models, tile_model)
+    boards = page_boards(manifest)
     source = _open_source(cfg)
     out = Path(cfg.out) if cfg.out else Path("captures") / time.strftime("%Y%m%d-%H%M%S")
     if out.exists() and any(out.iterdir()):
@@ -219,7 +219,7 @@ def run_capture(cfg: CaptureConfig, show_progress: bool = True) -> CaptureResult
     tiles = {t["tile_id"]: t for t in manifest["tiles"]}
     ctx = _Session(cfg, out, tiles, models, tile_model, true_class, Locator(manifest, camera=Intrinsics(cfg.focal_px),
                                    input_sizes={t: models[s].input_size for t, s in tile_model.items()}),
-                   make_detector(manifest["aruco_dictionary"]), {tid: 0 for tid in tiles},
+                   {tid: 0 for tid in tiles},
                    {tid: {"found": 0, "fooled": 0, "frames": 0} for tid in tiles})
     session = _session_record(cfg, source, manifest, models, tile_model)
     atomic_write_json(out / "session.json", session)
@@ -234,8 +234,7 @@ def run_capture(cfg: CaptureConfig, show_progress: bool = True) -> CaptureResult
     try:
         with make_progress(disable=not show_progress or source.live, transient=True) as progress:
             task = progress.add_task("capture", total=getattr(source, "files", None) and len(source.files), info="")
-            for frame, ref, detections in read_ahead(source, ctx.detector, page_boards(manifest),
-                                                      make_detector(manifest["aruco_dictionary"], relaxed=True)):
+            for frame, ref, detections in read_ahead(source, manifest["aruco_dictionary"], boards):
                 now = time.time()
                 if t_first is None:
                     t_first = time.perf_counter()
@@ -292,22 +291,37 @@ def _raise_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature
 _END = object()
 
 
-def read_ahead(source: Source, detector, boards: dict | None = None, relaxed=None, depth: int = 3):
-    """The source's frames with their markers, ``(frame, reference, detections)`` in order: a
-    thread reads (decodes) each frame and detects its markers — OpenCV, which releases the GIL
-    — while the caller locates, classifies and logs the previous ones, so that the two halves
-    of the work run on two cores. The thread stops when the caller stops iterating (``q``,
-    Ctrl-C, ``--max-frames``) and its errors are raised in the caller.
+DETECT_WORKERS = 2  # marker detection threads: decoding and detecting a 720p frame take 5 + 7 ms
+
+
+def read_ahead(source: Source, dictionary: str, boards: dict | None = None, workers: int = DETECT_WORKERS,
+               depth: int = 2 * DETECT_WORKERS + 1):
+    """The source's frames with their markers, ``(frame, reference, detections)`` in order.
+
+    A reader thread decodes the frames and hands each to a pool of ``workers`` detection
+    threads (each with its own detectors: the strict one, the relaxed second pass and the
+    page boards of :func:`physical_adv.markers.detect`), while the caller locates, classifies
+    and logs earlier frames: OpenCV releases the GIL, so decoding, detection and the rest
+    share the cores. The threads stop when the caller stops iterating (``q``, Ctrl-C,
+    ``--max-frames``) and their errors are raised in the caller, in frame order.
 
     Args:
         source: where the frames come from.
-        detector: from :func:`physical_adv.markers.make_detector`.
+        dictionary: the sheet's ArUco dictionary.
         boards: the sheet's pages (:func:`physical_adv.markers.page_boards`), to recover markers.
-        relaxed: the second-pass detector (see :func:`physical_adv.markers.detect`).
+        workers: detection threads.
         depth: frames read ahead at most (a live camera's frames are at most this late).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     items: queue.Queue = queue.Queue(depth)
     stop = threading.Event()
+    local = threading.local()
+
+    def find(frame: np.ndarray):
+        if not hasattr(local, "detectors"):
+            local.detectors = (make_detector(dictionary), make_detector(dictionary, relaxed=True))
+        return detect(frame, local.detectors[0], boards=boards, relaxed=local.detectors[1])
 
     def put(item) -> bool:
         while not stop.is_set():
@@ -318,28 +332,31 @@ def read_ahead(source: Source, detector, boards: dict | None = None, relaxed=Non
                 continue
         return False
 
-    def work() -> None:
+    def read(pool: ThreadPoolExecutor) -> None:
         try:
             for frame, ref in source.frames():
-                if not put((frame, ref, detect(frame, detector, boards=boards, relaxed=relaxed))):
+                if not put((frame, ref, pool.submit(find, frame))):
                     return
             put(_END)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller, which raises it
             put(exc)
 
-    worker = threading.Thread(target=work, name="capture-read-ahead", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = items.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        worker.join()
+    with ThreadPoolExecutor(workers, thread_name_prefix="capture-detect") as pool:
+        reader = threading.Thread(target=read, args=(pool,), name="capture-read", daemon=True)
+        reader.start()
+        try:
+            while True:
+                item = items.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                frame, ref, detections = item
+                yield frame, ref, detections.result()
+        finally:
+            stop.set()
+            reader.join()
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _process_frame(frame: np.ndarray, ref: dict, detections, index: int, now: float, ctx: _Session) -> tuple[list[dict], list]:

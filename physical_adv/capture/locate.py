@@ -281,16 +281,21 @@ def _rms(hom: np.ndarray, src: np.ndarray, dst: np.ndarray) -> float:
 
 def _homography(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Page mm → frame px from marker corners, and which corners are inliers (``None``: all):
-    exact from one marker's four, MAGSAC from more (robust to a badly localised or misread
-    marker), least squares when MAGSAC gives up."""
+    exact from one marker's four; from more, least squares when every corner lies within
+    :data:`MAGSAC_THRESHOLD_PX` of that fit (the usual case, and 50× cheaper), else MAGSAC
+    (robust to a badly localised or misread marker), least squares again when MAGSAC gives up."""
     if len(src) == 4:
         hom, _ = cv2.findHomography(src, dst, 0)
         return hom, None
-    hom, mask = cv2.findHomography(src, dst, cv2.USAC_MAGSAC, MAGSAC_THRESHOLD_PX)
-    if hom is None:
-        hom, _ = cv2.findHomography(src, dst, 0)
+    hom, _ = cv2.findHomography(src, dst, 0)
+    if hom is not None:
+        proj = cv2.perspectiveTransform(src.reshape(-1, 1, 2), hom).reshape(-1, 2)
+        if float(((proj - dst) ** 2).sum(1).max()) <= MAGSAC_THRESHOLD_PX**2:
+            return hom, None
+    robust, mask = cv2.findHomography(src, dst, cv2.USAC_MAGSAC, MAGSAC_THRESHOLD_PX)
+    if robust is None:
         return hom, None
-    return hom, mask.ravel().astype(bool)
+    return robust, mask.ravel().astype(bool)
 
 
 def _inside(corners: np.ndarray, frame_size: tuple[int, int]) -> bool:
