@@ -151,7 +151,26 @@ def test_session_records_source_model_and_totals(session):
     assert record["manifest"]["sheet_id"] and "torch" in record["versions"]
     assert record["models"] == {"signs": {"input_size": 64, "tiles": ["01", "02", "03", "04"]}}
     assert record["model_override"] is None
+    assert record["camera"] == {"focal_px": None, "calibrated": False, "assumed_focal_frame_widths": 1.1}
     assert any((out / "crops").rglob("*.png"))
+
+
+def test_a_calibrated_focal_length_gives_the_true_distance(sheet, tmp_path):
+    """One photo whose camera is known: --focal-px with its focal length puts each tile at its
+    true distance; the assumed focal length is off by the ratio of the two."""
+    photos = tmp_path / "p"
+    record = simulate(SimulateConfig(pdf=sheet.pdf, out=photos, n=1, seed=4, max_tilt=30), show_progress=False)
+    frame = record["frames"][0]
+    f = frame["camera"]["focal_px"]
+    for focal, ratio in ((f, 1.0), (None, 1.1 * 1280 / f)):
+        out = tmp_path / f"c{focal}"
+        run_capture(CaptureConfig(sheet=sheet.manifest_path, images=photos, out=out, window=False, device="cpu",
+                                  focal_px=focal), show_progress=False)
+        for line in _lines(out):
+            truth = frame["tiles_seen"][line["tile_id"]]
+            assert abs(line["distance_mm"] / truth["distance_mm"] - ratio) < 0.03, (focal, line, truth)
+            if focal is not None:
+                assert abs(line["angle_deg"] - truth["angle_deg"]) < 2.0, (line, truth)
 
 
 def test_box_crops_classify_the_controls_correctly(sheet, photos, tmp_path):
