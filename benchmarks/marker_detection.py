@@ -15,8 +15,9 @@ half of a 1280x720 frame, defocus, motion blur, glare, a hand at the edge, lens 
 and with ``--conditions default`` (for the timing at capture-like sizes); the photos are
 cached under ``--cache`` and reused when present.
 
-Every detector configuration (:data:`CONFIGS`: today's ``make_detector`` settings with
-some attributes of ``cv2.aruco.DetectorParameters`` changed, or detection on a 2x cubic
+Every detector configuration (:data:`CONFIGS`: ``today`` is ``make_detector`` as it was before
+issue 14 — sub-pixel corners, the rest OpenCV's defaults — and the others change
+some attributes of ``cv2.aruco.DetectorParameters`` from it, or detect on a 2x cubic
 upscale of the grey image) runs :func:`physical_adv.markers.detect` on every photo. The
 truth of a marker is its four corners projected through the frame's
 ``homography_mm_to_px`` and then through the simulated lens distortion. Figures per
@@ -68,7 +69,9 @@ WIN = {"adaptiveThreshWinSizeMin": 3, "adaptiveThreshWinSizeMax": 33, "adaptiveT
 SMALL = {"minMarkerPerimeterRate": 0.01}
 WIN5 = {"adaptiveThreshWinSizeMin": 5, "adaptiveThreshWinSizeMax": 35, "adaptiveThreshWinSizeStep": 6}
 SAMPLING = {"perspectiveRemovePixelPerCell": 8, "perspectiveRemoveIgnoredMarginPerCell": 0.25}
-# what this benchmark recommends (with 18 mm markers): see /work/notes/detector-report.md
+# what this benchmark recommended (with 18 mm markers); physical_adv.markers.make_detector ships
+# SAMPLING only: the threshold windows decoded ~2 % more markers here but found no more tiles
+# end to end (benchmarks/finding.py), with slightly worse corners
 RECOMMENDED = {**SAMPLING, "adaptiveThreshWinSizeMin": 7, "adaptiveThreshWinSizeMax": 27, "adaptiveThreshWinSizeStep": 10}
 
 
