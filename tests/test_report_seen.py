@@ -92,6 +92,14 @@ def test_size_bins_count_found_observations_pooled_per_kind(seen):
     assert size["bins"][-1]["hi"] is None and size["undersampled"] == 9
 
 
+def test_each_adversarial_tile_has_its_own_goal_rate_per_bin(seen):
+    wide = next(b for b in seen["size_px"]["bins"] if b["lo"] == 96)
+    # tile 01 (targeted: speed limit 80) read as speed limit 80 in 2 of 5; tile 03 (untargeted) fooled in 2 of 2
+    assert {tid: (r["goal"], r["k"], r["n"]) for tid, r in wide["per_tile"].items()} == {
+        "01": ("targeted", 2, 5), "03": ("untargeted", 2, 2)}
+    assert set(next(b for b in seen["size_px"]["bins"] if b["lo"] == 256)["per_tile"]) == {"01"}
+
+
 def test_angle_and_distance_bins_use_the_same_bucketing(seen):
     assert _bins(seen["angle_deg"]) == {
         "0–10°": (12, 12, (6, 7), (2, 5), (5, 5), 0),

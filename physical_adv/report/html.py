@@ -8,6 +8,8 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
+
 from physical_adv.outcome import is_fooled
 from physical_adv.report import Observations
 from physical_adv.report.table import pct as _pct
@@ -74,13 +76,19 @@ SEEN_SERIES = (("adversarial", "untargeted_success", "adversarial: not its true 
                ("clean", "accuracy", "clean control: accuracy", "#57606a", 0.12))
 
 
-def seen_plot(quantity: dict) -> str:
+MAX_TILE_SERIES = 6  # up to this many adversarial tiles get a line each; more are pooled per kind
+
+
+def seen_plot(quantity: dict, tile_labels: dict[str, str] | None = None) -> str:
     """Survival against one quantity of ``by_seen`` (a recorded one): a point per bin and series
     with its 95 % interval, the bins side by side; on the size plot a dashed line at each model's
     input size (an edge of the bins: left of it the tile is undersampled).
 
     Args:
         quantity: one quantity of ``report["by_seen"]`` with ``recorded`` true.
+        tile_labels: tile id → what its attack was after, for the legend; with at most
+            :data:`MAX_TILE_SERIES` adversarial tiles each gets its own line (its goal's rate),
+            with more they are pooled (untargeted and targeted success).
 
     Returns:
         The plot as a PNG data URI.
@@ -92,8 +100,13 @@ def seen_plot(quantity: dict) -> str:
 
     bins = quantity["bins"]
     fig, ax = plt.subplots(figsize=(8, 3.6))
-    for kind, name, label, colour, dx in SEEN_SERIES:
-        points = [(i + dx, b[kind][name]) for i, b in enumerate(bins) if b[kind][name]["n"]]
+    per_tile = sorted({tid for b in bins for tid in b.get("per_tile", {})})
+    tile_labels = tile_labels or {}
+    series = ([("per_tile", tid, f"{tid} {tile_labels.get(tid, 'adversarial')}", None, 0.0) for tid in per_tile]
+              if 0 < len(per_tile) <= MAX_TILE_SERIES else list(SEEN_SERIES[:2])) + [SEEN_SERIES[2]]
+    spread = np.linspace(-0.15, 0.15, len(series)) if len(series) > 1 else [0.0]
+    for (kind, name, label, colour, _), dx in zip(series, spread):
+        points = [(i + dx, b[kind][name]) for i, b in enumerate(bins) if name in b[kind] and b[kind][name]["n"]]
         if points:
             x, rates = zip(*points)
             y = [r["rate"] for r in rates]
@@ -137,6 +150,9 @@ def _seen_section(report: dict) -> str:
     table for each quantity the logs record, "not recorded" for the others."""
     seen = report["by_seen"]
     keys = [k for k, q in seen.items() if isinstance(q, dict)]  # not its description
+    labels = {t["tile_id"]: f"{Path(t['run']).name}: " + (f"→ {t['target_class']}" if t.get("target_class")
+                                                          else f"not {t['true_class']}")
+              for t in report["tiles"] if t["kind"] == "adversarial"}
     parts = []
     for key in keys:
         q = seen[key]
@@ -150,7 +166,7 @@ def _seen_section(report: dict) -> str:
         extra = (f" {q['malformed']} line(s) with a malformed value left out." if q["malformed"] else "") + (
             f" {q['missing']} found line(s) without it." if q["missing"] else "")
         parts.append(f'<h3>Against {html.escape(name)}</h3>'
-                     f'<img class="seen-plot" data-quantity="{key}" alt="{html.escape(alt)}" src="{seen_plot(q)}">'
+                     f'<img class="seen-plot" data-quantity="{key}" alt="{html.escape(alt)}" src="{seen_plot(q, labels)}">'
                      f'<p>{q["found"]} found observations in {len(q["bins"])} bin(s), {q["undersampled"]} undersampled.{extra}</p>'
                      f"{_seen_table(q)}")
     recorded = " ".join(k for k in keys if seen[k]["recorded"])

@@ -31,7 +31,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from physical_adv.report import Observations, _is_number, _kind_summary, tile_model
+from physical_adv.outcome import attack_succeeded, is_fooled
+from physical_adv.report import Observations, _is_number, _kind_summary, _rate, tile_model
 
 SEEN_TEXT = ("survival per bin of what the camera saw (apparent size, viewing angle, distance), over the found "
              "observations in the bin, pooled over the tiles of each kind; bins [lo, hi), the last open-ended "
@@ -104,7 +105,10 @@ def bin_lines(obs: Observations, quantity: Seen, edges: tuple[float, ...]) -> di
         ``found`` and ``undersampled`` (totals over the binned lines) and ``bins``: per non-empty
         bin ``lo``, ``hi`` (null for the last), ``label``, ``frames`` (lines), ``found``,
         ``undersampled`` and ``located_by_page`` (found lines), and ``adversarial`` / ``clean``:
-        the kind's pooled rates over the bin's found lines (as in the report's ``summary``).
+        the kind's pooled rates over the bin's found lines (as in the report's ``summary``), and
+        ``per_tile``: each adversarial tile's own rate over its found lines in the bin — its
+        goal's, targeted success for a targeted tile and untargeted success otherwise (``goal``
+        says which) — since tiles of different attacks pooled say little about any one of them.
     """
     groups: dict[int, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     missing = malformed = 0
@@ -131,9 +135,20 @@ def bin_lines(obs: Observations, quantity: Seen, edges: tuple[float, ...]) -> di
                      "undersampled": sum(l.get("undersampled") is True for l in found),
                      "located_by_page": sum(l.get("located_by") == "page" for l in found),
                      "adversarial": _kind_summary(tiles, lines_by_tile, "adversarial"),
-                     "clean": _kind_summary(tiles, lines_by_tile, "clean")})
+                     "clean": _kind_summary(tiles, lines_by_tile, "clean"),
+                     "per_tile": {tid: _goal_rate(tile, lines_by_tile[tid]) for tid, tile in tiles.items()
+                                  if tile["kind"] == "adversarial"}})
     return {**out, "edges": list(edges), "lines": sum(b["frames"] for b in bins), "found": sum(b["found"] for b in bins),
             "undersampled": sum(b["undersampled"] for b in bins), "bins": bins}
+
+
+def _goal_rate(tile: dict, lines: list[dict]) -> dict:
+    """One adversarial tile's success at its own goal over its found lines: ``{"goal", **rate}``."""
+    found = [l for l in lines if l["found"]]
+    true, target = tile["true_class"], tile.get("target_class")
+    if target:
+        return {"goal": "targeted", **_rate(found, lambda l: attack_succeeded(l["pred"], true, target))}
+    return {"goal": "untargeted", **_rate(found, lambda l: is_fooled(l["pred"], true))}
 
 
 def by_seen(obs: Observations) -> dict:
