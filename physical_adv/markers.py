@@ -208,7 +208,7 @@ def _agreeing(corners, ids, boards: dict) -> list[int]:
         src = np.concatenate([layout[flat[k]] for k in mine])
         dst = np.concatenate([np.asarray(corners[k], np.float64).reshape(4, 2) for k in mine])
         hom, mask = cv2.findHomography(src, dst, cv2.USAC_MAGSAC, AGREE_PX)
-        if hom is None:
+        if hom is None:  # (MAGSAC's sample check also refuses a mirrored fit: no view of a printed page)
             continue
         agree = [k for k, ok in zip(mine, mask.ravel().astype(bool).reshape(-1, 4).all(1)) if ok]
         if len(agree) >= 2:

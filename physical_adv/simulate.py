@@ -61,7 +61,8 @@ class Conditions:
     Attributes:
         fill: the sheet's face-on share of the frame's area (lowered by ``min_fill``).
         defocus: (probability, smallest σ px, largest σ px) of a Gaussian defocus.
-        motion: (probability, shortest px, longest px) of a linear motion blur (when not defocused).
+        motion: (probability, shortest px, longest px) of a linear motion blur (when not defocused),
+            its length drawn from the integers in that range, both ends included.
         edge_hand: probability of a hand holding the sheet by its edge.
         glare: probability of a specular glare spot on the page.
         distortion: range of the radial lens coefficient k₁ (x_d = x_u · (1 + k₁ r²), r in
@@ -70,7 +71,7 @@ class Conditions:
 
     fill: tuple[float, float] = (1 / 3, 1.0)
     defocus: tuple[float, float, float] = (0.5, 0.4, 1.6)
-    motion: tuple[float, float, float] = (0.4, 3, 8)
+    motion: tuple[float, float, float] = (0.4, 3, 7)
     edge_hand: float = 0.0
     glare: float = 0.0
     distortion: tuple[float, float] = (0.0, 0.0)
@@ -79,7 +80,7 @@ class Conditions:
 CONDITIONS = {
     "default": Conditions(),
     # a webcam at arm's length or farther: the sheet a tenth to under half of the frame
-    "far": Conditions(fill=(0.1, 0.45), defocus=(0.5, 0.6, 2.2), motion=(0.6, 4, 12), edge_hand=0.5, glare=0.5,
+    "far": Conditions(fill=(0.1, 0.45), defocus=(0.5, 0.6, 2.2), motion=(0.6, 4, 11), edge_hand=0.5, glare=0.5,
                       distortion=(-0.25, 0.08)),
 }
 _GRID = (np.stack(np.meshgrid(np.arange(6), np.arange(6)), -1).reshape(-1, 2) + 0.5) / 6  # points in a unit square
@@ -373,12 +374,17 @@ def _camera(rng: np.random.Generator, frame: np.ndarray, scene: Conditions) -> t
         blur["defocus_sigma_px"] = round(float(rng.uniform(lo, hi)), 3)
         frame = cv2.GaussianBlur(frame, (0, 0), blur["defocus_sigma_px"])
     elif r < p_defocus + (1 - p_defocus) * p_motion:
-        length = int(rng.integers(int(shortest), int(longest)))
+        length = int(rng.integers(int(shortest), int(longest) + 1))
         blur["motion_px"] = length
-        kernel = np.zeros((length, length), np.float32)
-        kernel[length // 2] = 1.0 / length
-        rot = cv2.getRotationMatrix2D(((length - 1) / 2, (length - 1) / 2), rng.uniform(0, 180), 1.0)
-        kernel = cv2.warpAffine(kernel, rot, (length, length))
+        # a centred line of `length` px in an odd-sized kernel (filter2D anchors at the centre
+        # pixel): an even length gets half-weight end taps, so the photo does not shift by ½ px
+        size = length | 1
+        kernel = np.zeros((size, size), np.float32)
+        kernel[size // 2] = 1.0
+        if size != length:
+            kernel[size // 2, [0, -1]] = 0.5
+        rot = cv2.getRotationMatrix2D(((size - 1) / 2, (size - 1) / 2), rng.uniform(0, 180), 1.0)
+        kernel = cv2.warpAffine(kernel, rot, (size, size))
         frame = cv2.filter2D(frame, -1, kernel / max(kernel.sum(), 1e-6))
     sigma = rng.uniform(0.003, 0.02)
     frame = frame * 255 + (rng.standard_normal(frame.shape, dtype=np.float32) * np.float32(sigma * 255) + np.float32(0.5))

@@ -207,6 +207,8 @@ def test_a_relaxed_pass_keeps_only_markers_that_agree_on_one_page():
     assert _agreeing((right[0], misread), np.int32([[0], [3]]), boards) == [0, 1]  # two that agree are kept
     assert _agreeing((right[0],), np.int32([[0]]), boards) == []  # one marker alone proves nothing
     assert _agreeing((right[0], misread_at), np.int32([[0], [3]]), boards) == []  # two that disagree: neither
+    mirrored = [c * np.float32([-1, 1]) + np.float32([2000, 0]) for c in right]  # x → 2000 − x, corner labels kept
+    assert _agreeing(tuple(mirrored), ids[:3], boards) == []  # a mirror image of the page is no view of it
 
 
 def test_the_page_layout_recovers_markers_the_first_pass_rejected(tmp_path):

@@ -23,6 +23,7 @@ live camera, ``frames/`` (every N-th frame and those saved with the space bar).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import shutil
@@ -215,6 +216,7 @@ def run_capture(cfg: CaptureConfig, show_progress: bool = True) -> CaptureResult
     if out.exists() and any(out.iterdir()):
         source.close()
         raise UserError(f"capture folder {out} already exists and is not empty; choose another --out")
+    created = not out.exists()
     (out / "crops").mkdir(parents=True, exist_ok=True)
     tiles = {t["tile_id"]: t for t in manifest["tiles"]}
     ctx = _Session(cfg, out, tiles, models, tile_model, true_class, Locator(manifest, camera=Intrinsics(cfg.focal_px),
@@ -232,9 +234,11 @@ def run_capture(cfg: CaptureConfig, show_progress: bool = True) -> CaptureResult
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, torch_threads - 1))  # a core for the read-ahead thread; the batches are tiny
     try:
-        with make_progress(disable=not show_progress or source.live, transient=True) as progress:
+        # closing: the read-ahead threads stop as soon as the loop ends, however it ends
+        with (make_progress(disable=not show_progress or source.live, transient=True) as progress,
+              contextlib.closing(read_ahead(source, manifest["aruco_dictionary"], boards)) as frames):
             task = progress.add_task("capture", total=getattr(source, "files", None) and len(source.files), info="")
-            for frame, ref, detections in read_ahead(source, manifest["aruco_dictionary"], boards):
+            for frame, ref, detections in frames:
                 now = time.time()
                 if t_first is None:
                     t_first = time.perf_counter()
@@ -271,16 +275,28 @@ def run_capture(cfg: CaptureConfig, show_progress: bool = True) -> CaptureResult
                        fps=round(frames_done / elapsed, 2) if elapsed else None, counts=ctx.counts)
         atomic_write_json(out / "session.json", session)
     if ctx.ambiguous_frames and not ctx.unique_frames:
-        shutil.rmtree(out, ignore_errors=True)  # made by this session, and it holds no observation
+        kept = _remove_session_files(out, created)
         raise UserError(f"in all {ctx.ambiguous_frames} frame(s) where sheet {manifest['sheet_id']}'s markers were seen, "
                         "every one was seen more than once (two printed copies in view, or another sheet from the "
-                        f"same ArUco dictionary), so no tile could be located; nothing was written to {out}")
+                        "same ArUco dictionary), so no tile could be located; no log was kept"
+                        + (f" (the saved frames are in {out / 'frames'})" if kept else ""))
     return CaptureResult(out, frames_done, session["fps"] or 0.0, ctx.counts)
 
 
-def _in_main_thread() -> bool:
-    import threading
+def _remove_session_files(out: Path, created: bool) -> bool:
+    """Remove the log, the session record and the crops a session wrote into ``out``, and
+    ``out`` itself when the session made it and nothing else is left; returns whether frames
+    the user saved (``frames/``) were kept."""
+    for name in ("detections.jsonl", "session.json"):
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / "crops", ignore_errors=True)
+    kept = (out / "frames").is_dir()
+    if created and not kept and not any(out.iterdir()):
+        out.rmdir()
+    return kept
 
+
+def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
@@ -299,8 +315,9 @@ def read_ahead(source: Source, dictionary: str, boards: dict | None = None, work
     """The source's frames with their markers, ``(frame, reference, detections)`` in order.
 
     A reader thread decodes the frames and hands each to a pool of ``workers`` detection
-    threads (each with its own detectors: the strict one, the relaxed second pass and the
-    page boards of :func:`physical_adv.markers.detect`), while the caller locates, classifies
+    threads (each with its own detectors — the strict one and the relaxed second pass of
+    :func:`physical_adv.markers.detect` — sharing the read-only page boards), while the caller
+    locates, classifies
     and logs earlier frames: OpenCV releases the GIL, so decoding, detection and the rest
     share the cores. The threads stop when the caller stops iterating (``q``, Ctrl-C,
     ``--max-frames``) and their errors are raised in the caller, in frame order.

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from physical_adv.markers import Detections
+from physical_adv.markers import WEBCAM_FOCAL_WIDTHS, Detections
 from physical_adv.resample import area_downsample, pyramid_level
 
 # marker corner offsets (TL, TR, BR, BL) from its centre, in units of its side
@@ -39,7 +39,7 @@ MAGSAC_THRESHOLD_PX = 3.0
 OWN_MARKERS_TO_REFINE = 3  # a tile's own homography needs this many of its markers (else: the page's)
 CORNER_NOISE_PX = 0.5  # the least corner noise assumed of a detected marker (σ, px)
 MAX_CORNER_SD = 3.0  # a tile is found only when its corners are this precise (σ at CORNER_NOISE_PX, px of the model input)
-ASSUMED_FOCAL = 1.1  # focal length in frame widths when not calibrated (a 49° horizontal field of view)
+ASSUMED_FOCAL = WEBCAM_FOCAL_WIDTHS  # focal length in frame widths when not calibrated (a 49° field of view)
 
 
 @dataclass(frozen=True)
@@ -230,8 +230,9 @@ def viewing_geometry(hom: np.ndarray, corners_px: np.ndarray, centre_mm, k: np.n
 
 
 def corner_sd(hom: np.ndarray, src: np.ndarray, dst: np.ndarray, points_mm: np.ndarray) -> float:
-    """The standard deviation (px, the largest over ``points_mm``) of where ``hom`` puts those
-    points, propagated from the noise of the detected marker corners it was fitted to.
+    """How uncertain (px) the points ``hom`` puts ``points_mm`` at are, from the noise of the
+    detected marker corners it was fitted to: the largest over the points of
+    ``√(σx² + σy²)``, the root of a point's summed x and y variances.
 
     Gauss–Newton propagation: with ``J`` the Jacobian of the fitted corners with respect to the
     homography's eight parameters, ``cov(h) = σ² (JᵀJ)⁻¹`` and a point's covariance is

@@ -111,7 +111,8 @@ def make_sheet(cfg: SheetConfig) -> Sheet:
     digest = hashlib.sha256()
     for run, kind in tiles_src:
         digest.update(run[f"{kind}.png:sha256"].encode())
-    digest.update(json.dumps([template.name, template.tile_mm, cfg.dictionary]).encode())
+    # the whole layout: the same runs on another template, tile or marker size are another sheet
+    digest.update(json.dumps([template.__dict__, cfg.dictionary], sort_keys=True, default=list).encode())
     sheet_id = digest.hexdigest()[:8]
     scorer = _scoring_model(cfg.model, runs)
     digital = _digital_predictions(tiles_src, scorer)
