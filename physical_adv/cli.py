@@ -238,15 +238,19 @@ def simulate_cmd(
                                    "the frame, stronger blur, a hand at the edge, glare, lens distortion)."),
     min_fill: Optional[float] = typer.Option(None, "--min-fill", help="Smallest share of the frame's area the sheet "
                                              "covers face-on, 0.05-1 (default: the conditions' own)."),
+    printer: Optional[Path] = typer.Option(None, "--printer", help="A TOML file holding printer and camera colour "
+                                           "values fixed ([printer]: saturation, black, white, tone, tint; [camera]: "
+                                           "exposure, white_balance, gamma, lighting); the rest are drawn."),
 ) -> None:
     """Make realistic 1280x720 photos of a printed sheet (printer + camera model), with ground truth.
 
     OUT is replaced as a whole (a previous simulate output only; any other non-empty folder is refused).
     """
-    from physical_adv.simulate import SimulateConfig, simulate
+    from physical_adv.simulate import Channel, SimulateConfig, load_channel, simulate
 
     cfg = build(SimulateConfig, pdf=pdf, out=out, manifest=manifest, n=n, seed=seed, video=video, max_tilt=max_tilt,
-                allow_partial=allow_partial, occluders=occluders, conditions=conditions, min_fill=min_fill)
+                allow_partial=allow_partial, occluders=occluders, conditions=conditions, min_fill=min_fill,
+                channel=load_channel(printer) if printer else Channel())
     simulate(cfg)
     typer.echo(f"{out}: {n} photos + ground_truth.json" + (f"; video {video}" if video else ""))
 

@@ -87,6 +87,81 @@ _GRID = (np.stack(np.meshgrid(np.arange(6), np.arange(6)), -1).reshape(-1, 2) + 
 
 
 @dataclass(frozen=True)
+class Channel:
+    """A printer and camera colour channel held fixed (``simulate --printer FILE.toml``): each
+    value given replaces the draw it names, the rest are drawn per print or per photo as usual.
+    Colours are RGB.
+
+    Attributes:
+        saturation: ink saturation kept (0.7–0.95 drawn).
+        black: the ink's black level (0.04–0.15 drawn).
+        white: the paper's white (0.88–0.98 drawn).
+        tone: steepness of the S-shaped tone curve between them (4–7 drawn).
+        tint: fraction of light the paper absorbs per channel (0–0.05 drawn).
+        exposure: the camera's exposure (0.75–1.2 drawn).
+        white_balance: the camera's per-channel gains (0.88–1.12 drawn).
+        gamma: the camera's gamma (0.85–1.2 drawn).
+        lighting: the largest lighting ramp across the frame (0.35 by default; drawn up to it).
+    """
+
+    saturation: float | None = None
+    black: float | None = None
+    white: float | None = None
+    tone: float | None = None
+    tint: tuple[float, float, float] | None = None
+    exposure: float | None = None
+    white_balance: tuple[float, float, float] | None = None
+    gamma: float | None = None
+    lighting: float | None = None
+
+    def __post_init__(self) -> None:
+        checks = {"saturation": (0.0, 1.5), "black": (0.0, 0.5), "white": (0.5, 1.0), "tone": (0.5, 20.0),
+                  "exposure": (0.2, 3.0), "gamma": (0.3, 3.0), "lighting": (0.0, 1.0)}
+        for name, (lo, hi) in checks.items():
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and lo <= v <= hi):
+                raise ValueError(f"{name} must be a number in [{lo:g}, {hi:g}], got {v!r}")
+        for name, (lo, hi) in {"tint": (0.0, 0.5), "white_balance": (0.2, 3.0)}.items():
+            v = getattr(self, name)
+            if v is not None and not (len(v) == 3 and all(isinstance(x, (int, float)) and lo <= x <= hi for x in v)):
+                raise ValueError(f"{name} must be three numbers (R, G, B) in [{lo:g}, {hi:g}], got {v!r}")
+        if self.black is not None and self.white is not None and self.black >= self.white:
+            raise ValueError(f"black ({self.black:g}) must be below white ({self.white:g})")
+
+    @staticmethod
+    def _pick(fixed, drawn):
+        return drawn if fixed is None else fixed
+
+
+def load_channel(path: Path) -> Channel:
+    """A :class:`Channel` from a TOML file with ``[printer]`` (saturation, black, white, tone,
+    tint) and ``[camera]`` (exposure, white_balance, gamma, lighting) tables; a one-line
+    :class:`UserError` for a missing file, an unknown key or a bad value."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"printer file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"cannot read {path} as TOML: {exc}") from None
+    sections = {"printer": ("saturation", "black", "white", "tone", "tint"),
+                "camera": ("exposure", "white_balance", "gamma", "lighting")}
+    values = {}
+    for key, table in data.items():
+        if key not in sections or not isinstance(table, dict):
+            raise UserError(f"{path}: unknown table {key!r} (expected [printer] and [camera])")
+        for name, value in table.items():
+            if name not in sections[key]:
+                raise UserError(f"{path}: unknown [{key}] key {name!r} (known: {', '.join(sections[key])})")
+            values[name] = tuple(value) if isinstance(value, list) else value
+    try:
+        return Channel(**values)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{path}: {exc}") from None
+
+
+@dataclass(frozen=True)
 class SimulateConfig:
     """What ``simulate`` makes.
 
@@ -102,6 +177,7 @@ class SimulateConfig:
             tiles lie wholly inside); otherwise every tile of the page is in the frame.
         occluders: opaque hand-like blobs drawn over the sheet in every photo (0 to 10).
         conditions: a name in :data:`CONDITIONS` (``default`` or ``far``).
+        channel: printer and camera colour values held fixed (:class:`Channel`).
     """
 
     pdf: Path
@@ -115,6 +191,7 @@ class SimulateConfig:
     allow_partial: bool = False
     occluders: int = 0
     conditions: str = "default"
+    channel: Channel = Channel()
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -137,19 +214,26 @@ class SimulateConfig:
         return Conditions(**{**c.__dict__, "fill": (self.min_fill, max(self.min_fill, c.fill[1]))})
 
 
-def _printer(rng: np.random.Generator, page: np.ndarray, px_per_mm: float) -> np.ndarray:
-    """One print: a tone curve, lost saturation, paper colour and dot gain (float32 [0, 1] BGR)."""
-    saturation = rng.uniform(0.7, 0.95)
+def _printer(rng: np.random.Generator, page: np.ndarray, px_per_mm: float, fixed: Channel = Channel()) -> tuple[np.ndarray, dict]:
+    """One print: a tone curve, lost saturation, paper colour and dot gain (float32 [0, 1] BGR),
+    and the print's parameters (RGB)."""
+    pick = Channel._pick
+    saturation = pick(fixed.saturation, rng.uniform(0.7, 0.95))
     mix = np.full((3, 3), (1 - saturation) / 3, np.float32) + np.eye(3, dtype=np.float32) * np.float32(saturation)
     img = cv2.transform(page.astype(np.float32) * np.float32(1 / 255), mix)  # grey + (img − grey)·saturation
     # an S-shaped tone curve between the ink's black and the paper's white
-    black, white = rng.uniform(0.04, 0.15), rng.uniform(0.88, 0.98)
-    k = rng.uniform(4.0, 7.0)
+    black, white = pick(fixed.black, rng.uniform(0.04, 0.15)), pick(fixed.white, rng.uniform(0.88, 0.98))
+    k = pick(fixed.tone, rng.uniform(4.0, 7.0))
     lo, hi = 1 / (1 + math.exp(k * 0.5)), 1 / (1 + math.exp(-k * 0.5))
     curve = cv2.divide(1.0, 1.0 + cv2.exp(img * np.float32(-k) + np.float32(0.5 * k)))  # 1 / (1 + e^(−k(x − ½)))
     img = np.float32(black) + np.float32(white - black) * (np.float32(0.5) * img + np.float32(0.5 / (hi - lo)) * (curve - np.float32(lo)))
-    img = img * (1 - rng.uniform(0, 0.05, 3)).astype(np.float32)  # paper tint
-    return cv2.GaussianBlur(img, (0, 0), max(0.3, 0.08 * px_per_mm))  # dot gain ≈ 0.08 mm
+    tint_bgr = rng.uniform(0, 0.05, 3)
+    if fixed.tint is not None:
+        tint_bgr = np.array(fixed.tint[::-1])
+    img = img * (1 - tint_bgr).astype(np.float32)  # paper tint
+    params = {"saturation": float(saturation), "black": float(black), "white": float(white), "tone": float(k),
+              "tint": [float(v) for v in tint_bgr[::-1]]}
+    return cv2.GaussianBlur(img, (0, 0), max(0.3, 0.08 * px_per_mm)), params  # dot gain ≈ 0.08 mm
 
 
 def _background(rng: np.random.Generator) -> np.ndarray:
@@ -354,18 +438,21 @@ def _covered(mask: np.ndarray, hom: np.ndarray, quads_mm: np.ndarray) -> np.ndar
     return (vals >= 0.5).mean(1)
 
 
-def _camera(rng: np.random.Generator, frame: np.ndarray, scene: Conditions) -> tuple[np.ndarray, dict]:
+def _camera(rng: np.random.Generator, frame: np.ndarray, scene: Conditions, fixed: Channel = Channel()) -> tuple[np.ndarray, dict]:
     """The camera: lighting ramp, exposure, white balance, gamma, defocus or motion blur,
     sensor noise; float32 [0, 1] BGR in, uint8 out, and the blur applied
     (``{"defocus_sigma_px": σ}``, ``{"motion_px": length}`` or ``{}``)."""
     ang = rng.uniform(0, 2 * math.pi)
-    amp = rng.uniform(0, 0.35)
+    amp = rng.uniform(0, 0.35 if fixed.lighting is None else fixed.lighting)
     x = (np.arange(FRAME_W, dtype=np.float32) / FRAME_W - 0.5) * math.cos(ang)
     y = (np.arange(FRAME_H, dtype=np.float32) / FRAME_H - 0.5) * math.sin(ang)
     ramp = 1 + amp * (y[:, None] + x[None, :])
-    exposure = rng.uniform(0.75, 1.2) * rng.uniform(0.88, 1.12, 3)  # white balance per channel
-    frame = frame.astype(np.float32) * ramp[..., None] * exposure.astype(np.float32)
-    frame = cv2.pow(np.clip(frame, 0, 1, out=frame), rng.uniform(0.85, 1.2))
+    gain, balance = rng.uniform(0.75, 1.2), rng.uniform(0.88, 1.12, 3)  # exposure, white balance per channel (BGR)
+    gain = Channel._pick(fixed.exposure, gain)
+    if fixed.white_balance is not None:
+        balance = np.array(fixed.white_balance[::-1])
+    frame = frame.astype(np.float32) * ramp[..., None] * (gain * balance).astype(np.float32)
+    frame = cv2.pow(np.clip(frame, 0, 1, out=frame), Channel._pick(fixed.gamma, rng.uniform(0.85, 1.2)))
     r = rng.random()
     p_defocus, lo, hi = scene.defocus
     p_motion, shortest, longest = scene.motion
@@ -441,7 +528,7 @@ def _photo(rng: np.random.Generator, cfg: SimulateConfig, manifest: dict, page: 
     if k1:
         frame = cv2.remap(frame.astype(np.float32), *_distortion_maps(k1, pose.f), cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REFLECT)
-    photo, blur = _camera(rng, frame, scene)
+    photo, blur = _camera(rng, frame, scene, cfg.channel)
     quality = int(rng.integers(60, 96))
     _, buf = cv2.imencode(".jpg", photo, [cv2.IMWRITE_JPEG_QUALITY, quality])
     corners = _project(_SHIFT @ hom, _tile_quads(tiles))
@@ -565,7 +652,8 @@ def _write_photos(cfg: SimulateConfig, manifest: dict, pages: list[np.ndarray], 
     rename after the folder is in place."""
     rng = np.random.default_rng([cfg.seed, 0x51])
     px_per_mm = RENDER_DPI / 25.4
-    printed = [_PrintedPage(_printer(rng, p, px_per_mm), px_per_mm) for p in pages]
+    prints = [_printer(rng, p, px_per_mm, cfg.channel) for p in pages]
+    printed = [_PrintedPage(img, px_per_mm) for img, _ in prints]
     frames, writer, video_tmp, video = [], None, None, None
     if cfg.video:
         video = _video_target(Path(cfg.video), Path(cfg.out), folder)
@@ -600,7 +688,9 @@ def _write_photos(cfg: SimulateConfig, manifest: dict, pages: list[np.ndarray], 
               "max_tilt": cfg.max_tilt, "min_fill": cfg.scene.fill[0], "conditions": cfg.conditions,
               "scene": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.scene.__dict__.items()},
               "allow_partial": cfg.allow_partial,
-              "occluders": cfg.occluders, "video": str(cfg.video) if cfg.video else None,
+              "occluders": cfg.occluders, "prints": [params for _, params in prints],
+              "channel": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.channel.__dict__.items() if v is not None},
+              "video": str(cfg.video) if cfg.video else None,
               "pixel_convention": "pixel centres at integer coordinates; corners TL TR BR BL", "frames": frames,
               "versions": software_versions()}
     atomic_write_json(folder / GROUND_TRUTH, record)

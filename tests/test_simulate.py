@@ -126,6 +126,53 @@ def test_too_many_occluders_is_a_one_line_error(capsys, sheet, tmp_path):
     assert_one_line_error(code, err, "occluders must be in [0, 10]")
 
 
+WASHED_OUT = """[printer]
+saturation = 0.8
+black = 0.2
+white = 0.85
+tone = 5.0
+tint = [0.0, 0.01, 0.02]
+
+[camera]
+exposure = 1.0
+white_balance = [1.0, 1.0, 1.0]
+gamma = 1.0
+lighting = 0.0
+"""
+
+
+def test_a_printer_file_fixes_the_print_and_camera_colour(capsys, sheet, tmp_path):
+    printer = tmp_path / "washed.toml"
+    printer.write_text(WASHED_OUT)
+    out = tmp_path / "o"
+    code, _, _ = run_cli(capsys, "simulate", sheet.pdf, "--out", out, "--n", "2", "--printer", printer)
+    assert code in (0, None)
+    record = json.loads((out / "ground_truth.json").read_text())
+    assert record["prints"] == [{"saturation": 0.8, "black": 0.2, "white": 0.85, "tone": 5.0, "tint": [0.0, 0.01, 0.02]}]
+    assert record["channel"]["lighting"] == 0.0 and record["channel"]["white_balance"] == [1.0, 1.0, 1.0]
+    # the paper between the tile columns photographs at white × (1 − tint), without a lighting ramp
+    frame = record["frames"][0]
+    img = cv2.imread(str(out / frame["file"]))
+    hom = np.array(frame["homography_mm_to_px"])
+    x, y = cv2.perspectiveTransform(np.float64([[[105.0, 120.0]]]), hom)[0, 0].round().astype(int)
+    expect = 255 * 0.85 * (1 - np.array([0.02, 0.01, 0.0]))  # BGR
+    assert np.abs(img[y - 1:y + 2, x - 1:x + 2].reshape(-1, 3).mean(0) - expect).max() < 8
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("[printer]\nblack = 0.6\n", "black must be a number in [0, 0.5]"),
+    ("[printer]\nink = 1\n", "unknown [printer] key 'ink'"),
+    ("[lens]\nk1 = 0\n", "unknown table 'lens'"),
+    ("[camera]\nwhite_balance = [1, 1]\n", "white_balance must be three numbers"),
+])
+def test_a_bad_printer_file_is_a_one_line_error(capsys, sheet, tmp_path, text, fragment):
+    printer = tmp_path / "p.toml"
+    printer.write_text(text)
+    code, _, err = run_cli(capsys, "simulate", sheet.pdf, "--out", tmp_path / "o", "--printer", printer)
+    assert_one_line_error(code, err, fragment)
+    assert not (tmp_path / "o").exists()
+
+
 # --- tiles cut by the frame's edges -------------------------------------------------------
 
 
