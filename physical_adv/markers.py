@@ -13,8 +13,8 @@ DEFAULT_DICTIONARY = "DICT_4X4_250"
 # The farthest a sheet's markers can be read from: a 720p webcam (1280 px wide, focal length
 # WEBCAM_FOCAL_WIDTHS frame widths, a 49° horizontal field of view) sees a marker of side
 # s mm at d mm as f·s/d px wide, and the tuned detector finds markers down to MIN_MARKER_PX
-# (benchmarks/finding.py: 12 mm markers, 14 px at 1.2 m, were found on 86-89 % of far
-# photos; 18 mm, 21 px, on 99.5 %).
+# (benchmarks/finding.py, held-out far photos: tiles with 12 mm markers, 14 px at 1.2 m, found
+# in 84.9 %; with 18 mm, 21 px, in 94.2 %, and 100 % apart from heavy motion blur).
 WEBCAM_WIDTH_PX = 1280
 WEBCAM_FOCAL_WIDTHS = 1.1
 MIN_MARKER_PX = 18.0
