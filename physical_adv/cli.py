@@ -129,7 +129,7 @@ def attack_cmd(
     patch: Optional[str] = typer.Option(None, "--patch", help="Patch mode with a built-in sticker: square, circle or band."),
     patch_area: float = typer.Option(0.2, "--patch-area", help="Sticker area as a fraction of the tile."),
     patch_pos: str = typer.Option("0.5,0.5", "--patch-pos", help="Sticker centre as X,Y fractions of the tile."),
-    eot_name: str = typer.Option("print-camera", "--eot", help="Transformation distribution: none, digital, print-camera, print-camera-hard, or a .toml file."),
+    eot_name: str = typer.Option("print-camera", "--eot", help="Transformation distribution: none, digital, print-camera, print-camera-hard, or a .toml file; append your own stages as +module:factory, each factory returning a batch to batch callable (e.g. a kornia AugmentationSequential) applied to every EOT sample and to the held-out check."),
     eval_eot: Optional[str] = typer.Option(None, "--eval-eot", help="Distribution of the held-out check (default: the same as --eot; print-camera when --eot is deterministic, like none)."),
     samples: int = typer.Option(32, "--samples", help="Transformations drawn per step (the EOT batch)."),
     steps: int = typer.Option(300, "--steps", help="Optimisation steps (stops early once the goal is held with margin; with --oracle the budget sets them)."),
@@ -205,6 +205,8 @@ def sheet_cmd(
     template: str = typer.Option("a4", "--template", help="a4, letter, or a template .toml file."),
     tile_mm: Optional[float] = typer.Option(None, "--tile-mm", help="Tile side in millimetres (default: the template's)."),
     no_controls: bool = typer.Option(False, "--no-controls", help="Leave out the clean control tiles."),
+    no_calibration: bool = typer.Option(False, "--no-calibration", help="Leave out the colour calibration chart "
+                                        "(printed below the tiles of the first page with room for it)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Score every tile with this model instead of the one its run attacked (a transfer sheet: e.g. runs made on a substitute, scored against signs); capture then classifies with it."),
     out: Path = typer.Option(Path("sheet.pdf"), "--out", "-o", help="The PDF to write; the manifest NAME.json and previews NAME-pageN.png go beside it."),
 ) -> None:
@@ -212,6 +214,7 @@ def sheet_cmd(
     from physical_adv.sheet import SheetConfig, make_sheet
 
     cfg = build(SheetConfig, runs=tuple(runs), out=out, template=template, tile_mm=tile_mm, controls=not no_controls,
+                calibration=not no_calibration,
                 model=model)
     sheet = make_sheet(cfg)
     m = sheet.manifest
@@ -239,8 +242,9 @@ def simulate_cmd(
     min_fill: Optional[float] = typer.Option(None, "--min-fill", help="Smallest share of the frame's area the sheet "
                                              "covers face-on, 0.05-1 (default: the conditions' own)."),
     printer: Optional[Path] = typer.Option(None, "--printer", help="A TOML file holding printer and camera colour "
-                                           "values fixed ([printer]: saturation, black, white, tone, tint; [camera]: "
-                                           "exposure, white_balance, gamma, lighting); the rest are drawn."),
+                                           "values fixed: a printer table (saturation, black, white, tone, tint) and "
+                                           "a camera table (exposure, white_balance, gamma, lighting); the rest are "
+                                           "drawn."),
 ) -> None:
     """Make realistic 1280x720 photos of a printed sheet (printer + camera model), with ground truth.
 

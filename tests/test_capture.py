@@ -13,11 +13,12 @@ import cv2
 import numpy as np
 import pytest
 
-from capture_sheets import install_swapped_model, make_test_sheet, shared_sheet
+from capture_sheets import install_swapped_model, make_test_sheet, shared_sheet, write_run
 from helpers import assert_one_line_error, default_sigint, run_cli
 from physical_adv.capture import CaptureConfig, run_capture
 from physical_adv.errors import UserError
 from physical_adv.sheet.render import render_pages
+from physical_adv.sheet import SheetConfig, make_sheet
 from physical_adv.simulate import SimulateConfig, simulate
 
 
@@ -427,3 +428,47 @@ def test_a_manifest_missing_a_field_is_a_one_line_error_for_capture_and_simulate
     assert_one_line_error(code, err, "not a valid sheet manifest")
     code, _, err = run_cli(capsys, "simulate", sheet.pdf, "--manifest", bad, "--out", tmp_path / "s", "--n", "1")
     assert_one_line_error(code, err, "not a valid sheet manifest")
+
+
+# --- the calibration chart ----------------------------------------------------------------
+
+CHANNEL = {"saturation": 0.8, "black": 0.12, "white": 0.9, "tone": 5.0, "tint": (0.0, 0.01, 0.02),
+           "exposure": 1.0, "white_balance": (1.0, 1.0, 1.0), "gamma": 1.0, "lighting": 0.0}
+
+
+def _printed_grey(v: float, c: int) -> float:
+    """simulate's print of grey ``v`` (0-1) in channel ``c`` (RGB) under CHANNEL, seen by its camera (0-255)."""
+    k, black, white = CHANNEL["tone"], CHANNEL["black"], CHANNEL["white"]
+    lo, hi = 1 / (1 + np.exp(k * 0.5)), 1 / (1 + np.exp(-k * 0.5))
+    curve = 1 / (1 + np.exp(-k * (v - 0.5)))
+    return 255 * (black + (white - black) * (0.5 * v + 0.5 / (hi - lo) * (curve - lo))) * (1 - CHANNEL["tint"][c])
+
+
+def test_the_chart_is_read_in_the_photos_and_its_greys_are_the_printed_ones(sheet, tmp_path):
+    from physical_adv.simulate import Channel
+
+    photos = tmp_path / "p"
+    simulate(SimulateConfig(pdf=sheet.pdf, out=photos, n=12, seed=9, channel=Channel(**CHANNEL)), show_progress=False)
+    out = tmp_path / "c"
+    run_capture(CaptureConfig(sheet=sheet.manifest_path, images=photos, out=out, window=False, device="cpu"), show_progress=False)
+    readings = [json.loads(line) for line in (out / "chart.jsonl").read_text().splitlines()]
+    chart = sheet.manifest["calibration"]
+    assert len(readings) >= 10 and all(len(r["rgb"]) == len(chart["patches"]) for r in readings)
+    errors = []
+    for r in readings:
+        for patch, seen in zip(chart["patches"], r["rgb"]):
+            if seen is not None and len(set(patch["rgb"])) == 1:  # a grey patch
+                errors += [seen[c] - _printed_grey(patch["rgb"][0] / 255, c) for c in range(3)]
+    assert len(errors) > 500 and np.median(np.abs(errors)) < 3.0 and np.percentile(np.abs(errors), 95) < 8.0, (
+        np.median(np.abs(errors)), np.percentile(np.abs(errors), 95))
+
+
+def test_a_sheet_without_the_chart_writes_no_chart_log(tmp_path):
+    sheet = make_sheet(SheetConfig(runs=tuple(str(write_run(tmp_path / f"r{i}", s, seed=i)) for i, s in enumerate(("stop",))),
+                                   out=tmp_path / "s.pdf", previews=False, calibration=False))
+    assert sheet.manifest["calibration"] is None
+    photos = tmp_path / "p"
+    simulate(SimulateConfig(pdf=sheet.pdf, out=photos, n=2, seed=1), show_progress=False)
+    run_capture(CaptureConfig(sheet=sheet.manifest_path, images=photos, out=tmp_path / "c", window=False, device="cpu"),
+                show_progress=False)
+    assert not (tmp_path / "c" / "chart.jsonl").exists()

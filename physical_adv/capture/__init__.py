@@ -17,7 +17,8 @@ locating, and the line of each tile it belongs to lists it under ``ambiguous_mar
 The session folder holds ``session.json`` (source, manifest copy, models, tags, versions;
 rewritten atomically at the end with the totals), ``detections.jsonl`` (flushed after
 every frame, so Ctrl-C, a crash or an unplugged camera leave every complete line
-readable), ``crops/`` (a sample of rectified tiles for the report's gallery) and, for a
+readable), ``chart.jsonl`` when the sheet carries a calibration chart (one line per frame in
+which the chart was read: each patch's colour, :mod:`physical_adv.capture.chart`), ``crops/`` (a sample of rectified tiles for the report's gallery) and, for a
 live camera, ``frames/`` (every N-th frame and those saved with the space bar).
 """
 
@@ -38,6 +39,7 @@ import numpy as np
 import torch
 
 from physical_adv.artifacts import atomic_write_bytes, atomic_write_json, software_versions, utc_now
+from physical_adv.capture.chart import read_chart
 from physical_adv.capture.locate import Intrinsics, Locator, TileView, box_crop, rectify
 from physical_adv.capture.sources import Camera, ImageFolder, Source, VideoFile
 from physical_adv.classes import class_index
@@ -181,6 +183,8 @@ class _Session:
     locator: Locator
     saved_crops: dict[str, int] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    chart: dict | None = None  # the manifest's calibration chart
+    chart_lines: list = field(default_factory=list)  # this frame's chart reading, for chart.jsonl
     unique_frames: int = 0  # frames in which a marker of the sheet was seen exactly once
     ambiguous_frames: int = 0  # frames in which markers of the sheet were seen, every one more than once
 
@@ -222,7 +226,7 @@ def run_capture(cfg: CaptureConfig, show_progress: bool = True) -> CaptureResult
     ctx = _Session(cfg, out, tiles, models, tile_model, true_class, Locator(manifest, camera=Intrinsics(cfg.focal_px),
                                    input_sizes={t: models[s].input_size for t, s in tile_model.items()}),
                    {tid: 0 for tid in tiles},
-                   {tid: {"found": 0, "fooled": 0, "frames": 0} for tid in tiles})
+                   {tid: {"found": 0, "fooled": 0, "frames": 0} for tid in tiles}, manifest.get("calibration"))
     session = _session_record(cfg, source, manifest, models, tile_model)
     atomic_write_json(out / "session.json", session)
     window = cfg.window and _gui_available()
@@ -231,6 +235,7 @@ def run_capture(cfg: CaptureConfig, show_progress: bool = True) -> CaptureResult
     frames_done, t_first, ended = 0, None, "source ended"
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt) if _in_main_thread() else None
     log = open(out / "detections.jsonl", "a", encoding="utf-8")
+    chart_log = open(out / "chart.jsonl", "a", encoding="utf-8") if ctx.chart else None
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, torch_threads - 1))  # a core for the read-ahead thread; the batches are tiny
     try:
@@ -245,6 +250,10 @@ def run_capture(cfg: CaptureConfig, show_progress: bool = True) -> CaptureResult
                 lines, overlay = _process_frame(frame, ref, detections, frames_done, now, ctx)
                 log.write("".join(json.dumps(line) + "\n" for line in lines))
                 log.flush()
+                if chart_log is not None and ctx.chart_lines:
+                    chart_log.write("".join(json.dumps(line) + "\n" for line in ctx.chart_lines))
+                    chart_log.flush()
+                    ctx.chart_lines.clear()
                 frames_done += 1
                 fps = frames_done / max(time.perf_counter() - t_first, 1e-9)
                 progress.update(task, advance=1, info=f"{fps:.1f} fps")
@@ -265,6 +274,8 @@ def run_capture(cfg: CaptureConfig, show_progress: bool = True) -> CaptureResult
     finally:
         torch.set_num_threads(torch_threads)
         log.close()
+        if chart_log is not None:
+            chart_log.close()
         source.close()
         if window:
             cv2.destroyAllWindows()
@@ -287,7 +298,7 @@ def _remove_session_files(out: Path, created: bool) -> bool:
     """Remove the log, the session record and the crops a session wrote into ``out``, and
     ``out`` itself when the session made it and nothing else is left; returns whether frames
     the user saved (``frames/``) were kept."""
-    for name in ("detections.jsonl", "session.json"):
+    for name in ("detections.jsonl", "chart.jsonl", "session.json"):
         (out / name).unlink(missing_ok=True)
     shutil.rmtree(out / "crops", ignore_errors=True)
     kept = (out / "frames").is_dir()
@@ -387,7 +398,13 @@ def _process_frame(frame: np.ndarray, ref: dict, detections, index: int, now: fl
         ctx.unique_frames += 1
     elif any(i in ctx.locator.markers for i in detections.ambiguous):
         ctx.ambiguous_frames += 1
-    views = ctx.locator.locate(detections, (frame.shape[1], frame.shape[0]))
+    fits = ctx.locator.page_fits(detections)
+    views = ctx.locator.locate(detections, (frame.shape[1], frame.shape[0]), fits)
+    chart = ctx.chart
+    if chart is not None and chart["page"] in fits:
+        seen = read_chart(frame, chart, fits[chart["page"]], ctx.locator, detections)
+        if seen is not None:
+            ctx.chart_lines.append({"frame": index, "time": round(now, 3), "source": ref, **seen})
     results = _classify(frame, [v for v in views if v.found], ctx)
     lines, overlay = [], []
     for v in views:

@@ -94,7 +94,7 @@ class TileView:
 
 
 @dataclass
-class _PageFit:
+class PageFit:
     """A homography from a set of markers (a page's, or a tile's own)."""
 
     homography: np.ndarray | None
@@ -130,13 +130,27 @@ class Locator:
         """The pages with at least one marker detected (ambiguous ones included)."""
         return {self.markers[i]["page"] for i in detections.ids() if i in self.markers}
 
-    def locate(self, detections: Detections, frame_size: tuple[int, int] | None = None) -> list[TileView]:
+    def page_fits(self, detections: Detections) -> dict[int, PageFit]:
+        """Each page in view's homography from every unambiguous marker seen on it."""
+        seen = {d.marker_id: d for d in detections if d.marker_id in self.markers}
+        return {p: self._fit_page(p, seen) for p in self.pages_in_view(detections)}
+
+    def page_precision(self, detections: Detections, fit: PageFit, points_mm: np.ndarray) -> float:
+        """How precisely (px, :func:`corner_sd`) ``fit`` places page points ``(m, 2)`` mm."""
+        seen = {d.marker_id: d for d in detections}
+        src = np.concatenate([self._corners_mm[i] for i in fit.markers])
+        dst = np.concatenate([seen[i].corners.astype(np.float64) for i in fit.markers])
+        return corner_sd(fit.homography, src, dst, points_mm)
+
+    def locate(self, detections: Detections, frame_size: tuple[int, int] | None = None,
+               fits: dict[int, PageFit] | None = None) -> list[TileView]:
         """A view of every tile whose page is in view (see the module docs).
 
         Args:
             detections: the frame's markers (from :func:`physical_adv.markers.detect`).
             frame_size: ``(w, h)``; with it, a tile not wholly inside the frame is not found,
                 and each located tile says how it was seen (the camera matrix needs the frame).
+            fits: :meth:`page_fits` of these detections, when the caller already has them.
 
         Returns:
             One :class:`TileView` per tile on a page in view, in manifest order.
@@ -144,7 +158,7 @@ class Locator:
         seen = {d.marker_id: d for d in detections if d.marker_id in self.markers}
         ambiguous = set(detections.ambiguous)
         pages = self.pages_in_view(detections)
-        fits = {p: self._fit_page(p, seen) for p in pages}
+        fits = fits if fits is not None else self.page_fits(detections)
         k = self.camera.matrix(frame_size) if frame_size is not None else None
         return [self._locate_tile(tile, seen, ambiguous, fits[tile["page"]], frame_size, k)
                 for tile in self.tiles if tile["page"] in pages]
@@ -155,24 +169,24 @@ class Locator:
         hom, inliers = _homography(src, dst)
         return hom, src, dst, inliers
 
-    def _fit_markers(self, ids: list[int], seen: dict) -> _PageFit:
+    def _fit_markers(self, ids: list[int], seen: dict) -> PageFit:
         """A robust homography from the markers ``ids``, refitted on those whose four corners all
         agree with it (a misread or badly localised marker is left out)."""
         if not ids:
-            return _PageFit(None, [], None)
+            return PageFit(None, [], None)
         hom, src, dst, inliers = self._fit(ids, seen)
         if hom is None:
-            return _PageFit(None, [], None)
+            return PageFit(None, [], None)
         agree = inliers.reshape(-1, 4).all(1) if inliers is not None else np.ones(len(ids), bool)
         used = [i for i, ok in zip(ids, agree) if ok] or ids
         if len(used) < len(ids):
             hom, src, dst, _ = self._fit(used, seen)
-        return _PageFit(hom, used, _rms(hom, src, dst))
+        return PageFit(hom, used, _rms(hom, src, dst))
 
-    def _fit_page(self, page: int, seen: dict) -> _PageFit:
+    def _fit_page(self, page: int, seen: dict) -> PageFit:
         return self._fit_markers(sorted(i for i in seen if self.markers[i]["page"] == page), seen)
 
-    def _locate_tile(self, tile: dict, seen: dict, ambiguous: set[int], page: _PageFit, frame_size, k) -> TileView:
+    def _locate_tile(self, tile: dict, seen: dict, ambiguous: set[int], page: PageFit, frame_size, k) -> TileView:
         amb = [i for i in tile["marker_ids"] if i in ambiguous]
         if page.homography is None:
             reason = ("its page's markers were seen more than once (ambiguous)" if amb or not page.markers and ambiguous

@@ -27,6 +27,7 @@ from physical_adv.errors import UserError
 from physical_adv.images import load_image
 from physical_adv.manifest import blackbox_entry
 from physical_adv.markers import DEFAULT_DICTIONARY, dictionary_size
+from physical_adv.sheet.chart import layout_chart
 from physical_adv.sheet.layout import Template, load_template, place
 from physical_adv.sheet.render import render_pages
 from physical_adv.sheet.writer import write_pdf
@@ -45,6 +46,7 @@ class SheetConfig:
     dictionary: str = DEFAULT_DICTIONARY
     previews: bool = True
     model: str | None = None  # score every tile with this model instead of the one its run attacked
+    calibration: bool = True  # a colour calibration chart below the tiles of the first page with room
 
     def __post_init__(self) -> None:
         if not self.runs:
@@ -112,7 +114,7 @@ def make_sheet(cfg: SheetConfig) -> Sheet:
     for run, kind in tiles_src:
         digest.update(run[f"{kind}.png:sha256"].encode())
     # the whole layout: the same runs on another template, tile or marker size are another sheet
-    digest.update(json.dumps([template.__dict__, cfg.dictionary], sort_keys=True, default=list).encode())
+    digest.update(json.dumps([template.__dict__, cfg.dictionary, cfg.calibration], sort_keys=True, default=list).encode())
     sheet_id = digest.hexdigest()[:8]
     scorer = _scoring_model(cfg.model, runs)
     digital = _digital_predictions(tiles_src, scorer)
@@ -139,14 +141,29 @@ def make_sheet(cfg: SheetConfig) -> Sheet:
         images[tile_id] = img
         models[spec] = ({"class_names": list(scorer.class_names), "input_size": scorer.input_size} if scorer is not None
                         else {"class_names": rec["class_names"], "input_size": rec["model"].get("input_size")})
+    chart = _chart(template, slots) if cfg.calibration else None
     manifest = {
         "schema": SCHEMA, "sheet_id": sheet_id, "created": utc_now(),
         "page": {"size_mm": list(template.page_mm)}, "pages": max(s.page for s in slots),
         "aruco_dictionary": cfg.dictionary, "marker_layout": "tile corners, order TL TR BR BL",
         "template": {k: (list(v) if isinstance(v, tuple) else v) for k, v in template.__dict__.items()},
-        "markers": markers, "tiles": tiles, "models": models, "versions": software_versions(),
+        "markers": markers, "tiles": tiles, "models": models, "calibration": chart, "versions": software_versions(),
     }
     return _write_outputs(cfg, manifest, images, template)
+
+
+def _chart(template: Template, slots: list) -> dict | None:
+    """The calibration chart in the band between the lowest tile block and the footer of the
+    first page with room for it (:func:`physical_adv.sheet.chart.layout_chart`); ``None`` when
+    no page has room."""
+    w, h = template.page_mm
+    bottom = h - template.margin_mm - template.footer_mm
+    for page in sorted({s.page for s in slots}):
+        lowest = max(s.tile[1] + s.tile[3] + template.quiet_mm + template.marker_mm for s in slots if s.page == page)
+        chart = layout_chart((template.margin_mm, lowest + 2.0, w - 2 * template.margin_mm, bottom - lowest - 4.0), page)
+        if chart is not None:
+            return chart
+    return None
 
 
 def _scoring_model(spec: str | None, runs: list[dict]):

@@ -65,6 +65,19 @@ def draw_scale_bar(c, x_mm: float, y_mm: float, page_h_mm: float) -> None:
     c.drawString(_pt(x_mm + 103.0), _pt(page_h_mm - y_mm - 2.0), "100 mm: measure this bar to check the print scale")
 
 
+def draw_chart(c, chart: dict, page_h_mm: float) -> None:
+    """The calibration chart: each patch a filled square of its RGB, and a caption above."""
+    x, y, w, _ = chart["bbox_mm"]
+    for patch in chart["patches"]:
+        px, py, pw, ph = patch["bbox_mm"]
+        c.setFillColorRGB(*(v / 255 for v in patch["rgb"]))
+        c.rect(_pt(px), _pt(page_h_mm - py - ph), _pt(pw), _pt(ph), stroke=0, fill=1)
+    c.setFillColorRGB(0, 0, 0)
+    c.setFont("Helvetica", 6.5)
+    c.drawString(_pt(x), _pt(page_h_mm - y + 1.2), f"colour calibration chart, {len(chart['patches'])} patches "
+                 "(physical-adv calibrate): keep it in view and unobstructed")
+
+
 def write_pdf(path: Path, manifest: dict, images: dict[str, np.ndarray], template, title: str) -> None:
     """Write the PDF for ``manifest`` (tiles and markers already placed) to ``path``.
 
@@ -107,6 +120,9 @@ def write_pdf(path: Path, manifest: dict, images: dict[str, np.ndarray], templat
                 draw_fitted_line(c, attack_label(tile), x + tw / 2, h_mm - label_y - 3.8, tw)
         for marker in (m for m in manifest["markers"] if m["page"] == page):
             draw_marker(c, marker["id"], marker["center_mm"], marker["size_mm"], h_mm, manifest["aruco_dictionary"])
+        chart = manifest.get("calibration")
+        if chart and chart["page"] == page:
+            draw_chart(c, chart, h_mm)
         draw_scale_bar(c, template.margin_mm, h_mm - template.margin_mm - template.footer_mm + 6.0, h_mm)
         c.showPage()
     c.save()
