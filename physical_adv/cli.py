@@ -299,6 +299,27 @@ def capture_cmd(
                    f"not its true class in {c['fooled']} ({rate})")
 
 
+@app.command("calibrate")
+def calibrate_cmd(
+    captures: List[Path] = typer.Argument(..., help="Capture folders of one sheet in which its colour chart was in view."),
+    out: Path = typer.Option(..., "--out", "-o", help="The calibration to write (TOML); a PNG of the chart as "
+                             "photographed above the chart as predicted goes beside it."),
+) -> None:
+    """Fit your printer and camera's colour channel from the sheet's calibration chart; print its error per patch."""
+    from physical_adv.calibrate import HOLD_OUT, run_calibrate
+
+    cal = run_calibrate(captures, out)
+    typer.echo(f"{out}: colour channel fitted on {int(cal.held_out.size - cal.held_out.sum())} patches from "
+               f"{cal.frames} frame(s); error on the {int(cal.held_out.sum())} held-out patches (every {HOLD_OUT}th) "
+               f"{cal.heldout_error:.2f}/255 (fitted ones {cal.train_error:.2f}); frame-to-frame spread "
+               f"{', '.join(f'{v:.1f}' for v in cal.spread)}/255 (R, G, B); chart image {out.with_suffix('.png')}")
+    worst = [i for i in sorted(range(len(cal.per_patch_error)), key=lambda i: -cal.per_patch_error[i])
+             if cal.per_patch_error[i] == cal.per_patch_error[i]][:8]
+    typer.echo("worst patches (printed RGB: error/255, held out *): " + "; ".join(
+        f"{tuple(int(round(v * 255)) for v in cal.printed[i])}: {cal.per_patch_error[i]:.1f}{'*' if cal.held_out[i] else ''}"
+        for i in worst))
+
+
 @app.command("report")
 def report_cmd(
     captures: List[Path] = typer.Argument(..., help="Capture session folders (several sessions of one sheet are pooled)."),

@@ -1,0 +1,110 @@
+"""calibrate: the printer and camera channel recovered from the sheet's chart on simulate photos
+whose channel is fixed and known; the TOML and chart image it writes; one-line errors that
+write nothing."""
+
+import json
+import tomllib
+
+import numpy as np
+import pytest
+
+from capture_sheets import make_test_sheet
+from helpers import assert_one_line_error, run_cli
+from physical_adv.capture import CaptureConfig, run_capture
+from physical_adv.simulate import Channel, SimulateConfig, simulate
+
+# three printers and cameras: a good one, a washed-out one (black 0.2, white 0.85), a warm dark one
+SETTINGS = {
+    "good": dict(saturation=0.92, black=0.05, white=0.96, tone=4.5, tint=(0.0, 0.0, 0.01), exposure=1.0,
+                 white_balance=(1.0, 1.0, 1.0), gamma=1.0, lighting=0.0),
+    "washed": dict(saturation=0.75, black=0.2, white=0.85, tone=5.0, tint=(0.0, 0.01, 0.03), exposure=1.05,
+                   white_balance=(1.05, 1.0, 0.92), gamma=1.1, lighting=0.0),
+    "warm": dict(saturation=0.85, black=0.1, white=0.92, tone=6.5, tint=(0.0, 0.02, 0.05), exposure=0.9,
+                 white_balance=(1.1, 1.0, 0.88), gamma=0.9, lighting=0.0),
+}
+
+
+@pytest.fixture(scope="module")
+def captures(tmp_path_factory):
+    root = tmp_path_factory.mktemp("calibrate")
+    sheet = make_test_sheet(root / "sheet")
+    out = {}
+    for name, channel in SETTINGS.items():
+        simulate(SimulateConfig(pdf=sheet.pdf, out=root / name, n=12, seed=2, channel=Channel(**channel)), show_progress=False)
+        out[name] = root / f"c-{name}"
+        run_capture(CaptureConfig(sheet=sheet.manifest_path, images=root / name, out=out[name], window=False, device="cpu"),
+                    show_progress=False)
+    return sheet, out
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_calibrate_recovers_the_channel_to_3_in_255_on_held_out_patches(capsys, captures, tmp_path, name):
+    _, folders = captures
+    out = tmp_path / f"{name}.toml"
+    code, stdout, _ = run_cli(capsys, "calibrate", folders[name], "--out", out)
+    assert code in (0, None)
+    cal = tomllib.loads(out.read_text())
+    assert cal["calibration"]["heldout_patches"] >= 30 and cal["calibration"]["heldout_error"] <= 3.0, cal["calibration"]
+    assert "held-out patches" in stdout and "worst patches" in stdout
+    assert len(cal["palette"]["colours"]) == cal["calibration"]["patches_seen"]
+    assert np.array(cal["model"]["curve_out"]).shape == (3, len(cal["model"]["curve_in"]))
+    assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_the_fitted_model_predicts_the_known_channel_not_just_the_readings(captures):
+    """On the washed-out printer, the model's grey ramp against simulate's own formula."""
+    from physical_adv.calibrate import calibrate, load_readings
+
+    _, folders = captures
+    cal = calibrate(load_readings([folders["washed"]]))
+    ch = SETTINGS["washed"]
+    v = np.linspace(0, 1, 21)
+    k = ch["tone"]
+    lo, hi = 1 / (1 + np.exp(k / 2)), 1 / (1 + np.exp(-k / 2))
+    printed = ch["black"] + (ch["white"] - ch["black"]) * (0.5 * v + 0.5 / (hi - lo) * (1 / (1 + np.exp(-k * (v - 0.5))) - lo))
+    gain = ch["exposure"] * np.array(ch["white_balance"]) * (1 - np.array(ch["tint"]))
+    truth = np.clip(printed[:, None] * gain, 0, 1) ** ch["gamma"]
+    predicted = cal.model.apply(np.repeat(v[:, None], 3, 1))
+    assert np.abs(predicted - truth).max() * 255 < 4.0, np.abs(predicted - truth).max() * 255
+
+
+def _damaged(folder, tmp_path, rewrite):
+    """A copy of a capture folder with its chart log rewritten by ``rewrite(lines) -> lines``."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    lines = [json.loads(line) for line in (copy / "chart.jsonl").read_text().splitlines()]
+    (copy / "chart.jsonl").write_text("".join(json.dumps(line) + "\n" for line in rewrite(lines)))
+    return copy
+
+
+@pytest.mark.parametrize("case, fragment", [
+    ("no chart in view", "the calibration chart was not read in any frame"),
+    ("too few patches", "only 50 of 186 chart patches were seen"),
+])
+def test_a_capture_without_enough_of_the_chart_is_a_one_line_error_that_writes_nothing(capsys, captures, tmp_path,
+                                                                                      case, fragment):
+    _, folders = captures
+    if case == "no chart in view":
+        folder = _damaged(folders["good"], tmp_path, lambda lines: [])
+    else:
+        folder = _damaged(folders["good"], tmp_path, lambda lines: [
+            {**line, "rgb": [c if i < 50 else None for i, c in enumerate(line["rgb"])]} for line in lines])
+    out = tmp_path / "cal.toml"
+    code, _, err = run_cli(capsys, "calibrate", folder, "--out", out)
+    assert_one_line_error(code, err, fragment)
+    assert not out.exists() and not out.with_suffix(".png").exists()
+
+
+def test_a_chart_from_another_sheet_is_a_one_line_error_that_writes_nothing(capsys, captures, tmp_path):
+    _, folders = captures
+    other = make_test_sheet(tmp_path / "other", runs=(("yield", "signs"),))
+    simulate(SimulateConfig(pdf=other.pdf, out=tmp_path / "p", n=2, seed=1), show_progress=False)
+    run_capture(CaptureConfig(sheet=other.manifest_path, images=tmp_path / "p", out=tmp_path / "c", window=False, device="cpu"),
+                show_progress=False)
+    capsys.readouterr()  # capture's own warnings
+    out = tmp_path / "cal.toml"
+    code, _, err = run_cli(capsys, "calibrate", folders["good"], tmp_path / "c", "--out", out)
+    assert_one_line_error(code, err, "its chart is another sheet's")
+    assert not out.exists() and not out.with_suffix(".png").exists()
