@@ -108,3 +108,46 @@ def test_a_chart_from_another_sheet_is_a_one_line_error_that_writes_nothing(caps
     code, _, err = run_cli(capsys, "calibrate", folders["good"], tmp_path / "c", "--out", out)
     assert_one_line_error(code, err, "its chart is another sheet's")
     assert not out.exists() and not out.with_suffix(".png").exists()
+
+
+def _as_photographed(capture, tmp_path):
+    """A copy of a simulated capture whose photos no longer say they were simulated (their
+    folder without simulate's ground truth), as if a camera had taken them."""
+    import shutil
+
+    record = json.loads((capture / "session.json").read_text())
+    photos = tmp_path / "photos"
+    shutil.copytree(record["source"]["folder"], photos)
+    (photos / "ground_truth.json").unlink()
+    copy = tmp_path / "photographed"
+    shutil.copytree(capture, copy)
+    record["source"]["folder"] = str(photos)
+    (copy / "session.json").write_text(json.dumps(record))
+    return copy
+
+
+def test_the_report_shows_the_calibration_and_simulated_beside_photographed_survival(capsys, captures, tmp_path):
+    _, folders = captures
+    photographed = _as_photographed(folders["washed"], tmp_path)
+    out = tmp_path / "report"
+    code, stdout, _ = run_cli(capsys, "report", photographed, folders["good"], "--out", out)
+    assert code in (0, None)
+    report = json.loads((out / "report.json").read_text())
+    cal = report["calibration"]
+    assert cal["photographed"] and cal["sessions"] == [str(photographed)] and cal["heldout_error"] <= 3.0
+    rows = {r["tile_id"]: r for r in report["simulated_vs_captured"]}
+    assert set(rows) == {"01", "02", "03", "04"}
+    assert all(r["simulated"]["n"] > 0 and r["captured"]["n"] > 0 for r in rows.values())
+    assert rows["02"]["rate"] == "accuracy" and rows["01"]["rate"] == "untargeted_success"
+    page = (out / "report.html").read_text()
+    assert 'id="channel"' in page and 'class="calibration-plot"' in page and 'data-tile="04"' in page
+    assert "colour calibration from the chart" in stdout and "simulated → photographed" in stdout
+
+
+def test_a_report_of_simulated_sessions_only_has_no_gap_but_calibrates_the_simulator(captures, tmp_path):
+    from physical_adv.report import compute_report, pool
+
+    _, folders = captures
+    report = compute_report(pool([folders["good"]]))
+    assert "simulated_vs_captured" not in report
+    assert report["calibration"]["photographed"] is False and report["calibration"]["heldout_error"] <= 3.0

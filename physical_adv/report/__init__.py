@@ -326,6 +326,14 @@ def compute_report(obs: Observations, by: str | None = None) -> dict:
     models = by_model(obs.tiles, lines_by_tile)
     if models is not None:
         report["by_model"] = models
+    from physical_adv.report.channel import calibration_summary, simulated_vs_captured  # they build on _rate
+
+    gap = simulated_vs_captured(obs)
+    if gap is not None:
+        report["simulated_vs_captured"] = gap
+    calibration = calibration_summary(obs)
+    if calibration is not None:
+        report["calibration"] = calibration
     if by:
         groups: dict[str, list[dict]] = defaultdict(list)
         for line in obs.lines:

@@ -296,6 +296,74 @@ def _by_tag_section(report: dict) -> str:
             f"<th>kind</th><th>found</th><th>success / accuracy</th></tr>{''.join(trs)}</table>")
 
 
+def calibration_plot(cal: dict) -> str:
+    """The fitted tone response: the chart's greys as observed (points, per channel) and the
+    model's grey ramp (lines), beside each patch's error (held-out ones marked)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    colours = ("#cf222e", "#1a7f37", "#0969da")
+    printed, observed = cal["greys"]["printed"], cal["greys"]["observed"]
+    ramp, predicted = cal["fitted_ramp"]["printed"], np.array(cal["fitted_ramp"]["predicted"])
+    for c, (name, colour) in enumerate(zip("RGB", colours)):
+        pts = [(x, o[c]) for x, o in zip(printed, observed) if o[c] is not None]
+        if pts:
+            left.plot(*zip(*pts), "o", ms=3, color=colour, label=f"{name} observed")
+        left.plot(ramp, predicted[:, c], "-", lw=1, color=colour, label=f"{name} fitted")
+    left.plot([0, 1], [0, 1], ":", color="#57606a", lw=1)
+    left.set_xlabel("printed grey")
+    left.set_ylabel("photographed")
+    left.legend(fontsize=6, ncol=2)
+    errors = np.array([np.nan if e is None else e for e in cal["residuals"]])
+    held = np.array(cal["held_out"])
+    x = np.arange(len(errors))
+    right.plot(x[~held], errors[~held], ".", ms=3, color="#57606a", label="fitted patches")
+    right.plot(x[held], errors[held], "o", ms=4, color="#8250df", label=f"held out (mean {cal['heldout_error']:.2f})")
+    right.set_xlabel("chart patch")
+    right.set_ylabel("|predicted − observed| (/255)")
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    return _figure_uri(fig)
+
+
+def _gap_cell(gap: float | None) -> str:
+    return "–" if gap is None else f"{100 * gap:+.1f} points"
+
+
+def _channel_section(report: dict) -> str:
+    """The colour calibration fitted from the chart, and simulated beside photographed survival."""
+    parts = []
+    cal = report.get("calibration")
+    if cal is not None and "error" in cal:
+        parts.append(f'<p class="calibration-error">Colour calibration: {html.escape(cal["error"])}.</p>')
+    elif cal is not None:
+        parts.append(f"<p>Fitted from the chart in {cal['frames']} frame(s) of "
+                     f"{'the photographed' if cal['photographed'] else 'the simulated'} sessions: observed = "
+                     "curve<sub>c</sub>((M · printed + b)<sub>c</sub>); mean error on held-out patches "
+                     f"<b>{cal['heldout_error']:.2f}/255</b> (fitted ones {cal['train_error']:.2f}); frame-to-frame spread "
+                     f"{', '.join(f'{v:.1f}' for v in cal['spread'])}/255 (R, G, B). "
+                     "<code>physical-adv calibrate</code> writes it as a file.</p>"
+                     f'<img class="calibration-plot" alt="the fitted tone response and each patch\'s error" '
+                     f'src="{calibration_plot(cal)}">')
+    rows = report.get("simulated_vs_captured")
+    if rows:
+        body = "".join(
+            f'<tr data-tile="{r["tile_id"]}"><td>{r["tile_id"]}</td><td>{r["kind"]}</td><td>{r["rate"].replace("_", " ")}</td>'
+            f'<td>{_with_ci(r["simulated"]["rate"], r["simulated"]["ci95"])} of {r["simulated"]["n"]}</td>'
+            f'<td>{_with_ci(r["captured"]["rate"], r["captured"]["ci95"])} of {r["captured"]["n"]}</td>'
+            f'<td>{_gap_cell(r["gap"])}</td></tr>' for r in rows)
+        parts.append("<p>Each tile in the simulated sessions (photos from <code>simulate</code>) beside the photographed "
+                     "ones: the gap says whether the simulator can be trusted for this printer and camera.</p>"
+                     "<table><tr><th>tile</th><th>kind</th><th>rate</th><th>simulated</th><th>photographed</th><th>gap</th></tr>"
+                     f"{body}</table>")
+    if not parts:
+        return ""
+    return f'<section id="channel"><h2>Printer and camera</h2>{"".join(parts)}</section>'
+
+
 def write_html(path: Path, report: dict, obs: Observations) -> None:
     """Write the self-contained ``report.html`` (atomically).
 
@@ -336,7 +404,7 @@ otherwise stays in its segment.
 {_tile_rows(report)}</table>
 <img alt="survival per tile" src="{survival_plot(report)}">
 {_destruction_section(report)}
-{_seen_section(report)}<h2>Confidence</h2><img alt="confidence distributions" src="{confidence_plot(obs)}">
+{_seen_section(report)}{_channel_section(report)}<h2>Confidence</h2><img alt="confidence distributions" src="{confidence_plot(obs)}">
 <h2>Gallery of rectified tiles</h2><p>Green: still its true class; red: fooled.</p>
 {gallery(obs)}
 {_by_tag_section(report)}

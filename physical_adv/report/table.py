@@ -104,6 +104,21 @@ def by_model_table(report: dict) -> Table:
     return table
 
 
+def channel_lines(report: dict) -> list[str]:
+    """The colour calibration and the simulated-vs-photographed gaps, a line each (none when absent)."""
+    out = []
+    cal = report.get("calibration")
+    if cal is not None:
+        out.append(f"colour calibration: {cal['error']}" if "error" in cal else
+                   f"colour calibration from the chart ({cal['frames']} frames): held-out error "
+                   f"{cal['heldout_error']:.2f}/255, spread {', '.join(f'{v:.1f}' for v in cal['spread'])}/255")
+    rows = report.get("simulated_vs_captured")
+    if rows:
+        out.append("simulated → photographed, each tile at its goal: " + " · ".join(
+            f"{r['tile_id']} {pct(r['simulated']['rate'])} → {pct(r['captured']['rate'])}" for r in rows))
+    return out
+
+
 def print_table(report: dict) -> None:
     """Print the tiles' rates, the destruction rates and warnings to the terminal."""
     table = Table(title=f"sheet {report['sheet_id']}: survival over found frames; 95 % Wilson intervals on the "
@@ -125,7 +140,7 @@ def print_table(report: dict) -> None:
         console.print(by_model_table(report))
     if "by" in report:
         console.print(by_tag_table(report))
-    for line in destruction_lines(report) + seen_lines(report):
+    for line in destruction_lines(report) + seen_lines(report) + channel_lines(report):
         console.print(line, highlight=False, markup=False, soft_wrap=True)
     if report["skipped_lines"]:
         console.print(f"[yellow]{report['skipped_lines']} incomplete log line(s) skipped (a capture ended mid-line)")
