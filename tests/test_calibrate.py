@@ -151,3 +151,38 @@ def test_a_report_of_simulated_sessions_only_has_no_gap_but_calibrates_the_simul
     report = compute_report(pool([folders["good"]]))
     assert "simulated_vs_captured" not in report
     assert report["calibration"]["photographed"] is False and report["calibration"]["heldout_error"] <= 3.0
+
+
+def test_the_channel_as_a_torch_stage_equals_the_fit_and_passes_gradients(capsys, captures, tmp_path):
+    import torch
+
+    from physical_adv.attack.calibrated import load_calibration
+    from physical_adv.calibrate import calibrate, load_readings
+
+    _, folders = captures
+    out = tmp_path / "cal.toml"
+    run_cli(capsys, "calibrate", folders["warm"], "--out", out)
+    stage = load_calibration(out)
+    model = calibrate(load_readings([folders["warm"]])).model
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    y = stage.apply(x)
+    expected = model.apply(x.detach().permute(0, 2, 3, 1).reshape(-1, 3).numpy().astype(np.float64))
+    got = y.detach().permute(0, 2, 3, 1).reshape(-1, 3).numpy()
+    assert np.abs(got - expected).max() < 2e-3  # the TOML's six digits
+    y.sum().backward()
+    assert torch.isfinite(x.grad).all() and (x.grad.abs() > 0).float().mean() > 0.99
+    assert stage.palette.shape[1] == 3 and len(stage.palette) > 100 and (stage.spread > 0).all()
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("[printer]\nblack = 0.1\n", "is not a calibration"),
+    ("[calibration]\n[model]\nmatrix = [1, 2]\n", "malformed [model] table"),
+])
+def test_a_file_that_is_not_a_calibration_is_a_one_line_error(tmp_path, text, fragment):
+    from physical_adv.attack.calibrated import load_calibration
+    from physical_adv.errors import UserError
+
+    path = tmp_path / "x.toml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        load_calibration(path)
