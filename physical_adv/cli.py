@@ -201,20 +201,22 @@ def attack_cmd(
 
 @app.command("sheet")
 def sheet_cmd(
-    runs: List[str] = typer.Argument(..., help="Attack run directories (each gives a tile, plus its clean control)."),
+    runs: Optional[List[str]] = typer.Argument(None, help="Attack run directories (each gives a tile, plus its clean control)."),
     template: str = typer.Option("a4", "--template", help="a4, letter, or a template .toml file."),
     tile_mm: Optional[float] = typer.Option(None, "--tile-mm", help="Tile side in millimetres (default: the template's)."),
     no_controls: bool = typer.Option(False, "--no-controls", help="Leave out the clean control tiles."),
     no_calibration: bool = typer.Option(False, "--no-calibration", help="Leave out the colour calibration chart "
                                         "(printed below the tiles of the first page with room for it)."),
+    calibration_only: bool = typer.Option(False, "--calibration-only", help="A sheet of only a page-sized colour "
+                                          "calibration chart framed by markers (no run directories)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Score every tile with this model instead of the one its run attacked (a transfer sheet: e.g. runs made on a substitute, scored against signs); capture then classifies with it."),
     out: Path = typer.Option(Path("sheet.pdf"), "--out", "-o", help="The PDF to write; the manifest NAME.json and previews NAME-pageN.png go beside it."),
 ) -> None:
     """Lay attack runs out on a printable PDF with ArUco markers, at exact physical size."""
     from physical_adv.sheet import SheetConfig, make_sheet
 
-    cfg = build(SheetConfig, runs=tuple(runs), out=out, template=template, tile_mm=tile_mm, controls=not no_controls,
-                calibration=not no_calibration,
+    cfg = build(SheetConfig, runs=tuple(runs or ()), out=out, template=template, tile_mm=tile_mm, controls=not no_controls,
+                calibration=not no_calibration, calibration_only=calibration_only,
                 model=model)
     sheet = make_sheet(cfg)
     m = sheet.manifest

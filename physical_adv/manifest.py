@@ -95,6 +95,22 @@ def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _chart_problem(chart, pages: int) -> str | None:
+    """What is wrong with a manifest's ``calibration`` entry (``None``: absent, or fine)."""
+    if chart is None:
+        return None
+    if not (isinstance(chart, dict) and isinstance(chart.get("page"), int) and 1 <= chart["page"] <= pages
+            and _is_num(chart.get("patch_mm")) and isinstance(chart.get("bbox_mm"), list) and len(chart["bbox_mm"]) == 4
+            and all(map(_is_num, chart["bbox_mm"])) and isinstance(chart.get("patches"), list) and chart["patches"]):
+        return "calibration must give page, patch_mm, bbox_mm and patches"
+    for p in chart["patches"]:
+        if not (isinstance(p, dict) and isinstance(p.get("rgb"), list) and len(p["rgb"]) == 3
+                and all(isinstance(v, int) and 0 <= v <= 255 for v in p["rgb"])
+                and isinstance(p.get("bbox_mm"), list) and len(p["bbox_mm"]) == 4 and all(map(_is_num, p["bbox_mm"]))):
+            return f"calibration patch {p!r:.60} lacks rgb (0-255) or bbox_mm"
+    return None
+
+
 def _shape_problem(m: dict) -> str | None:
     """What simulate and capture would trip over in a manifest, or ``None``."""
     if not isinstance(m.get("sheet_id"), str):
@@ -104,8 +120,11 @@ def _shape_problem(m: dict) -> str | None:
     size = (m.get("page") or {}).get("size_mm") if isinstance(m.get("page"), dict) else None
     if not (isinstance(size, list) and len(size) == 2 and all(_is_num(v) and v > 0 for v in size)):
         return "page.size_mm must be [width, height] in mm"
-    if not isinstance(m["markers"], list) or not isinstance(m["tiles"], list) or not m["tiles"]:
-        return "markers and tiles must be lists, with at least one tile"
+    if not isinstance(m["markers"], list) or not isinstance(m["tiles"], list) or not (m["tiles"] or m.get("calibration")):
+        return "markers and tiles must be lists, with at least one tile (or a calibration chart)"
+    problem = _chart_problem(m.get("calibration"), m["pages"])
+    if problem:
+        return problem
     for mk in m["markers"]:
         if not (isinstance(mk, dict) and isinstance(mk.get("id"), int) and isinstance(mk.get("page"), int)
                 and isinstance(mk.get("center_mm"), list) and len(mk["center_mm"]) == 2 and all(map(_is_num, mk["center_mm"]))

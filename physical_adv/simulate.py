@@ -309,6 +309,8 @@ def _tile_quads(tiles: list[dict]) -> np.ndarray:
 def _project(hom: np.ndarray, pts: np.ndarray) -> np.ndarray:
     """Points ``(..., 2)`` through a homography."""
     flat = pts.reshape(1, -1, 2).astype(np.float64)
+    if not flat.shape[1]:  # no points (a sheet without tiles)
+        return np.zeros(pts.shape, np.float64)
     return cv2.perspectiveTransform(flat, hom)[0].reshape(pts.shape)
 
 

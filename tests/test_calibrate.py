@@ -186,3 +186,25 @@ def test_a_file_that_is_not_a_calibration_is_a_one_line_error(tmp_path, text, fr
     path.write_text(text)
     with pytest.raises(UserError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
         load_calibration(path)
+
+
+def test_a_chart_only_sheet_is_captured_and_calibrated(capsys, tmp_path):
+    from physical_adv.sheet import SheetConfig
+
+    code, _, _ = run_cli(capsys, "sheet", "--calibration-only", "--out", tmp_path / "chart.pdf")
+    assert code in (0, None)
+    manifest = json.loads((tmp_path / "chart.json").read_text())
+    assert manifest["tiles"] == [] and len(manifest["markers"]) == 8 and len(manifest["calibration"]["patches"]) > 500
+    simulate(SimulateConfig(pdf=tmp_path / "chart.pdf", out=tmp_path / "p", n=6, seed=3,
+                            channel=Channel(**SETTINGS["washed"])), show_progress=False)
+    run_capture(CaptureConfig(sheet=tmp_path / "chart.json", images=tmp_path / "p", out=tmp_path / "c", window=False,
+                              device="cpu"), show_progress=False)
+    capsys.readouterr()
+    code, _, _ = run_cli(capsys, "calibrate", tmp_path / "c", "--out", tmp_path / "cal.toml")
+    assert code in (0, None)
+    cal = tomllib.loads((tmp_path / "cal.toml").read_text())["calibration"]
+    assert cal["heldout_patches"] > 100 and cal["heldout_error"] <= 3.0
+    with pytest.raises(ValueError, match="takes no run directories"):
+        SheetConfig(runs=("r",), calibration_only=True)
+    code, _, err = run_cli(capsys, "sheet", "--out", tmp_path / "none.pdf")
+    assert_one_line_error(code, err, "give at least one run directory (or --calibration-only")

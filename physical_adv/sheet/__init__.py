@@ -47,10 +47,15 @@ class SheetConfig:
     previews: bool = True
     model: str | None = None  # score every tile with this model instead of the one its run attacked
     calibration: bool = True  # a colour calibration chart below the tiles of the first page with room
+    calibration_only: bool = False  # a sheet holding only a page-sized chart, framed by markers
 
     def __post_init__(self) -> None:
-        if not self.runs:
-            raise ValueError("give at least one run directory")
+        if self.calibration_only and self.runs:
+            raise ValueError("a --calibration-only sheet takes no run directories")
+        if self.calibration_only and not self.calibration:
+            raise ValueError("--calibration-only and --no-calibration contradict each other")
+        if not self.runs and not self.calibration_only:
+            raise ValueError("give at least one run directory (or --calibration-only for a chart-only sheet)")
         if Path(self.out).suffix.lower() != ".pdf":
             raise ValueError(f"--out must end in .pdf, got {self.out}")
         if self.tile_mm is not None and not 10 <= self.tile_mm <= 1000:
@@ -99,6 +104,8 @@ def make_sheet(cfg: SheetConfig) -> Sheet:
         The paths written and the manifest.
     """
     template: Template = load_template(cfg.template, cfg.tile_mm)
+    if cfg.calibration_only:
+        return _write_outputs(cfg, _chart_manifest(cfg, template), {}, template)
     runs = [_read_run(r) for r in cfg.runs]
     tiles_src = []
     for run in runs:
@@ -150,6 +157,28 @@ def make_sheet(cfg: SheetConfig) -> Sheet:
         "markers": markers, "tiles": tiles, "models": models, "calibration": chart, "versions": software_versions(),
     }
     return _write_outputs(cfg, manifest, images, template)
+
+
+def _chart_manifest(cfg: SheetConfig, template: Template) -> dict:
+    """A one-page sheet of only the calibration chart, filling the page inside a frame of
+    markers (one at each corner and at the middle of each side) that locate it."""
+    w, h = template.page_mm
+    x0, y0 = template.margin_mm, template.margin_mm + template.header_mm
+    x1, y1 = w - template.margin_mm, h - template.margin_mm - template.footer_mm
+    m = template.marker_mm
+    xs, ys = (x0 + m / 2, (x0 + x1) / 2, x1 - m / 2), (y0 + m / 2, (y0 + y1) / 2, y1 - m / 2)
+    centres = [(x, y) for y in ys for x in xs if (x, y) != (xs[1], ys[1])]
+    markers = [{"id": i, "page": 1, "center_mm": [round(x, 4), round(y, 4)], "size_mm": m} for i, (x, y) in enumerate(centres)]
+    inset = m + template.quiet_mm
+    chart = layout_chart((x0 + inset, y0 + inset, x1 - x0 - 2 * inset, y1 - y0 - 2 * inset), 1)
+    if chart is None:
+        raise UserError(f"template {template.name!r} leaves no room for a calibration chart")
+    digest = hashlib.sha256(json.dumps(["calibration-only", template.__dict__, cfg.dictionary], sort_keys=True,
+                                       default=list).encode())
+    return {"schema": SCHEMA, "sheet_id": digest.hexdigest()[:8], "created": utc_now(), "page": {"size_mm": [w, h]},
+            "pages": 1, "aruco_dictionary": cfg.dictionary, "marker_layout": "a frame around the calibration chart",
+            "template": {k: (list(v) if isinstance(v, tuple) else v) for k, v in template.__dict__.items()},
+            "markers": markers, "tiles": [], "models": {}, "calibration": chart, "versions": software_versions()}
 
 
 def _chart(template: Template, slots: list) -> dict | None:
