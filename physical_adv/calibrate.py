@@ -26,6 +26,7 @@ or sessions of different sheets are one error line and write nothing.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,13 +94,22 @@ def load_readings(captures: list[Path]) -> Readings:
                     line = json.loads(raw)
                 except json.JSONDecodeError:
                     continue  # a line cut by a killed capture
-                if isinstance(line, dict) and isinstance(line.get("rgb"), list) and len(line["rgb"]) == len(chart["patches"]):
+                if _valid_reading(line, len(chart["patches"])):
                     lines.append(line["rgb"])
         if not lines:
             raise UserError(f"{folder}: the calibration chart was not read in any frame (was it in view, unobstructed "
                             "and sharp?)")
         frames += [[[np.nan] * 3 if v is None else v for v in rgb] for rgb in lines]
     return Readings(sheet_id, chart, np.asarray(frames, np.float64) / 255, [str(c) for c in captures])
+
+
+def _valid_reading(line, patches: int) -> bool:
+    """Whether a parsed ``chart.jsonl`` line is a reading of ``patches`` patches: each ``null``
+    or three finite numbers in [0, 255] (a line another tool wrote, or a crash cut, is skipped)."""
+    rgb = line.get("rgb") if isinstance(line, dict) else None
+    return isinstance(rgb, list) and len(rgb) == patches and all(
+        v is None or (isinstance(v, list) and len(v) == 3 and all(
+            isinstance(c, (int, float)) and not isinstance(c, bool) and 0 <= c <= 255 for c in v)) for v in rgb)
 
 
 def _unpack(theta: np.ndarray, lo: float, hi: float) -> ColourModel:
@@ -145,7 +155,8 @@ def calibrate(readings: Readings) -> Calibration:
     """Pool the readings, fit the channel on the patches not held out, measure it on the rest."""
     printed = np.asarray([p["rgb"] for p in readings.chart["patches"]], np.float64) / 255
     seen_in = np.isfinite(readings.frames).all(2)
-    with np.errstate(all="ignore"):
+    with warnings.catch_warnings():  # a patch no frame saw has an all-NaN median: NaN, as meant
+        warnings.simplefilter("ignore", RuntimeWarning)
         observed = np.nanmedian(np.where(seen_in[..., None], readings.frames, np.nan), 0)
     seen = np.isfinite(observed).all(1)
     if seen.sum() < MIN_PATCHES:
@@ -155,7 +166,8 @@ def calibrate(readings: Readings) -> Calibration:
     train = seen & ~held_out
     model = fit(printed[train], observed[train])
     error = np.abs(model.apply(printed) - observed) * 255
-    with np.errstate(all="ignore"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         spread = np.nanstd(readings.frames - observed[None], axis=(0, 1)) * 255
     return Calibration(model, printed, observed, held_out, float(error[held_out].mean()), float(error[train].mean()),
                        error.mean(1), spread, int(len(readings.frames)))

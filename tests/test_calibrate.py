@@ -208,3 +208,39 @@ def test_a_chart_only_sheet_is_captured_and_calibrated(capsys, tmp_path):
         SheetConfig(runs=("r",), calibration_only=True)
     code, _, err = run_cli(capsys, "sheet", "--out", tmp_path / "none.pdf")
     assert_one_line_error(code, err, "give at least one run directory (or --calibration-only")
+
+
+def test_any_chart_log_gives_a_calibration_or_one_clear_error(captures, tmp_path_factory):
+    """Fuzzed chart.jsonl lines (any JSON, wrong lengths, strings, NaN, out-of-range values)
+    beside real ones: calibrate either fits or raises a UserError, never anything else."""
+    import shutil
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from physical_adv.calibrate import calibrate, load_readings
+    from physical_adv.errors import UserError
+
+    _, folders = captures
+    real = (folders["good"] / "chart.jsonl").read_text().splitlines()[:2]
+    n = len(json.loads(real[0])["rgb"])
+    value = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-300, 300), st.text(max_size=3),
+                      st.lists(st.floats(-10, 300), min_size=0, max_size=4))
+    line = st.one_of(st.fixed_dictionaries({"rgb": st.lists(value, min_size=n, max_size=n)}),
+                     st.dictionaries(st.text(max_size=4), value, max_size=3), st.lists(value, max_size=3))
+    root = tmp_path_factory.mktemp("fuzz")
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(line, max_size=4), st.booleans())
+    def check(lines, keep_real):
+        folder = root / "c"
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(folders["good"], folder)
+        text = [json.dumps(l, allow_nan=True) for l in lines] + (real if keep_real else [])
+        (folder / "chart.jsonl").write_text("\n".join(text) + "\n")
+        try:
+            calibrate(load_readings([folder]))
+        except UserError:
+            pass
+
+    check()
