@@ -137,6 +137,9 @@ def attack_cmd(
     loss: str = typer.Option("ce", "--loss", help="ce (cross-entropy) or margin (C&W-style)."),
     tv: float = typer.Option(0.0, "--tv", help="Weight of the total-variation (smoothness) term."),
     nps: float = typer.Option(0.0, "--nps", help="Weight of the non-printability score (Sharif et al. 2016)."),
+    palette: Optional[str] = typer.Option(None, "--palette", help="The printer's measured colours for the "
+                                          "non-printability score: a calibration written by physical-adv calibrate "
+                                          "(default: 27 synthetic colours)."),
     texture_size: int = typer.Option(512, "--texture-size", help="Side of the texture at print resolution, pixels."),
     eval_samples: int = typer.Option(1000, "--eval-samples", help="Held-out transformations for the final success rate."),
     no_early_stop: bool = typer.Option(False, "--no-early-stop", help="Always run every step."),
@@ -177,7 +180,7 @@ def attack_cmd(
         model = oracle if oracle is not None else "signs"
     cfg = build(AttackConfig, source=source, out=out, target=target, true_class=true_class, model=model, classes=classes, eps=eps, norm=norm, mask=mask, patch=patch,
                 patch_area=patch_area, patch_position=pos, eot=eot_name, eval_eot=eval_eot, samples=samples, steps=steps, seed=seed, loss=loss,
-                tv_weight=tv, nps_weight=nps, texture_size=texture_size, eval_samples=eval_samples, device=device,
+                tv_weight=tv, nps_weight=nps, palette=palette, texture_size=texture_size, eval_samples=eval_samples, device=device,
                 early_stop=not no_early_stop, oracle=oracle, method=method, budget=budget, top_k=top_k,
                 mode=mode if mode is not None else ("label" if method == "label-only" else "scores"), start=start,
                 nes_schedule=nes_schedule, transfer_to=tuple(transfer_to), momentum=momentum, ti_sigma=ti_sigma,

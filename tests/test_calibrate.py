@@ -244,3 +244,27 @@ def test_any_chart_log_gives_a_calibration_or_one_clear_error(captures, tmp_path
             pass
 
     check()
+
+
+def test_nps_against_the_measured_palette(capsys, captures, tmp_path):
+    import torch
+
+    from physical_adv.attack.calibrated import load_calibration
+    from physical_adv.attack.objectives import non_printability
+
+    _, folders = captures
+    cal_file = tmp_path / "cal.toml"
+    run_cli(capsys, "calibrate", folders["washed"], "--out", cal_file)
+    palette = load_calibration(cal_file).palette
+    on_palette = palette[torch.arange(64) % len(palette)].T.reshape(1, 3, 8, 8)
+    off = torch.zeros(1, 3, 8, 8, requires_grad=True)  # pure black: the washed-out printer cannot print it
+    assert non_printability(on_palette, palette) < 1e-6 and non_printability(off, palette) > 0.25
+    non_printability(off, palette).backward()
+    assert torch.isfinite(off.grad).all() and off.grad.abs().sum() > 0
+    out = tmp_path / "run"
+    code, _, _ = run_cli(capsys, "attack", "--source", "sign:stop", "--out", out, "--steps", "2", "--samples", "4",
+                         "--eval-samples", "8", "--texture-size", "64", "--nps", "0.5", "--palette", cal_file, "--device", "cpu")
+    assert code in (0, None)
+    assert json.loads((out / "attack.json").read_text())["config"]["palette"] == str(cal_file)
+    code, _, err = run_cli(capsys, "attack", "--source", "sign:stop", "--out", tmp_path / "r2", "--palette", cal_file)
+    assert_one_line_error(code, err, "give its weight with --nps W")

@@ -36,10 +36,14 @@ def default_palette() -> torch.Tensor:
 
 
 def non_printability(x: torch.Tensor, palette: torch.Tensor, size: int = 128) -> torch.Tensor:
-    """Non-printability score of Sharif et al. 2016: mean over pixels of ∏_p ‖x − p‖ over the
-    printer ``palette`` ``(P, 3)``, on ``x`` area-downsampled to ``size`` for speed."""
+    """Non-printability score (Sharif et al. 2016): mean over pixels of the distance to the
+    nearest colour of the printer ``palette`` ``(P, 3)``, on ``x`` area-downsampled to ``size``
+    for speed. Sharif et al. write it as the product ∏_p ‖x − p‖, which is zero at every
+    palette colour too but underflows for a measured palette of hundreds of colours (a
+    product of hundreds of distances below 1) and then has no gradient; the nearest
+    distance, as in Thys et al. 2019's implementation, does not."""
     if x.shape[-1] > size:
         x = F.adaptive_avg_pool2d(x, size)
     pixels = x.permute(0, 2, 3, 1).reshape(-1, 1, 3)
     dist = (pixels - palette.to(x).view(1, -1, 3)).norm(dim=2)
-    return dist.prod(dim=1).mean()
+    return dist.min(dim=1).values.mean()

@@ -94,6 +94,7 @@ class AttackConfig:
     loss: str = "ce"
     tv_weight: float = 0.0
     nps_weight: float = 0.0
+    palette: str | None = None  # a calibrate TOML: NPS against the printer's measured colours
     texture_size: int = 512
     eval_samples: int = 1000
     device: str = "auto"
@@ -132,6 +133,8 @@ class AttackConfig:
             raise ValueError(f"loss must be one of {', '.join(OBJECTIVES)}, got {self.loss!r}")
         if self.tv_weight < 0 or self.nps_weight < 0:
             raise ValueError("regulariser weights must be ≥ 0")
+        if self.palette is not None and not self.nps_weight:
+            raise ValueError("--palette is the non-printability term's palette: give its weight with --nps W")
         if not 64 <= self.texture_size <= 4096:
             raise ValueError(f"texture size must be in [64, 4096], got {self.texture_size}")
         if self.eval_samples < 1:
@@ -401,8 +404,14 @@ def transfer_techniques(cfg: AttackConfig, input_size: int) -> tuple[InputDivers
 
 
 def build_regularisers(cfg: AttackConfig, device: torch.device) -> list[tuple[float, Callable]]:
-    """The weighted smoothness (TV) and printability (NPS, Sharif et al. 2016) terms of ``cfg``."""
-    palette = default_palette().to(device)
+    """The weighted smoothness (TV) and printability (NPS, Sharif et al. 2016) terms of ``cfg``; the
+    NPS palette is the printer's measured one (``cfg.palette``, a ``calibrate`` output) or 27 colours."""
+    if cfg.palette is not None:
+        from physical_adv.attack.calibrated import load_calibration
+
+        palette = load_calibration(cfg.palette).palette.to(device)
+    else:
+        palette = default_palette().to(device)
     return [(cfg.tv_weight, total_variation), (cfg.nps_weight, lambda x: non_printability(x, palette))]
 
 
