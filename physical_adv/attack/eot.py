@@ -20,7 +20,9 @@ model's input size in a fixed, short sequence of batched ops:
 5. **sensor** — the blur's edge normalisation, additive Gaussian noise (planes of a fixed
    bank during optimisation, see :func:`sample`), then clipping to [0, 1];
 6. **compression** — the JPEG round trip of :mod:`physical_adv.attack.jpeg` in the forward
-   pass, with a straight-through (identity) backward pass (BPDA).
+   pass, with a straight-through (identity) backward pass (BPDA);
+7. **your own stages** (``--eot print-camera+module:factory``, :mod:`physical_adv.attack.stages`)
+   — e.g. kornia rain, shadows or erasing — on the finished batch, from seeds in the draw.
 
 Everything is differentiable with respect to the texture. Stages 2–3 and 5–6 are two
 autograd functions with hand-written backward passes (few image-sized passes; checked
@@ -29,6 +31,7 @@ against finite differences in the tests).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass, fields
@@ -40,6 +43,7 @@ from kornia.geometry.transform import get_perspective_transform
 
 from physical_adv.artifacts import read_named_toml
 from physical_adv.attack.jpeg import jpeg
+from physical_adv.attack.stages import Stage, apply_stages, load_stage
 from physical_adv.errors import UserError
 from physical_adv.pose import posed_square
 from physical_adv.resample import max_pyramid_level, pyramid_level
@@ -71,6 +75,10 @@ class EOTDistribution:
     sigma (image in [0, 1]).
 
     Compression: ``jpeg_quality`` range, applied with probability ``jpeg_p``.
+
+    Stages: your own batch → batch transformations applied after all of the above
+    (:mod:`physical_adv.attack.stages`); given as :class:`Stage` objects or ``module:factory``
+    specs, which are loaded (as ``attack.json``'s record of a distribution is read back).
     """
 
     name: str = "custom"
@@ -98,8 +106,10 @@ class EOTDistribution:
     noise: Range = (0.0, 0.0)
     jpeg_quality: Range = (100.0, 100.0)
     jpeg_p: float = 0.0
+    stages: tuple[Stage, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "stages", tuple(s if isinstance(s, Stage) else load_stage(s) for s in self.stages))
         limits = {
             "scale": (0.05, 10), "saturation": (0, 3), "black_level": (0, 0.9), "paper_white": (0.1, 1),
             "dot_gain": (0, 10), "exposure": (0.05, 5), "brightness": (-1, 1), "contrast": (0.05, 5),
@@ -132,7 +142,8 @@ class EOTDistribution:
                 and all(getattr(self, f) == 0 for f in maxima)
                 and self.noise[1] == 0
                 and (self.motion_blur[1] == 0 or self.motion_blur_p == 0)
-                and self.jpeg_p in (0.0, 1.0))
+                and self.jpeg_p in (0.0, 1.0)
+                and not self.stages)  # a stage may draw anything
 
 
 # The TOML file groups fields in sections; these are the section names.
@@ -145,16 +156,29 @@ def preset_names() -> list[str]:
 
 
 def load_distribution(name_or_path: str | Path) -> EOTDistribution:
-    """A built-in preset by name, or a TOML file of the same format.
+    """A built-in preset by name, or a TOML file of the same format, optionally followed by
+    your own stages: ``BASE+module:factory[+module:factory…]`` (:mod:`physical_adv.attack.stages`).
 
-    Raises :class:`UserError` for an unknown preset, unreadable file, unknown key or bad range.
+    Raises :class:`UserError` for an unknown preset, unreadable file, unknown key, bad range
+    or a stage that cannot be loaded.
     """
+    text = str(name_or_path)
+    base, *stage_specs = [text] if Path(text).is_file() else text.split("+")
+    dist = _load_base(base)
+    if not stage_specs:
+        return dist
+    return dataclasses.replace(dist, name="+".join([dist.name, *stage_specs]),
+                               stages=tuple(load_stage(spec) for spec in stage_specs))
+
+
+def _load_base(name_or_path: str) -> EOTDistribution:
+    """A preset or TOML file (no stages: they are named on the command line only)."""
     path, data = read_named_toml(name_or_path, PRESET_DIR, "EOT preset")
     flat: dict = {"name": data.pop("name", path.stem), "description": data.pop("description", "")}
     for section in _SECTIONS:
         flat.update(data.pop(section, {}) or {})
     flat.update(data)  # keys outside sections are allowed too
-    known = {f.name for f in fields(EOTDistribution)}
+    known = {f.name for f in fields(EOTDistribution)} - {"stages"}
     unknown = sorted(set(flat) - known)
     if unknown:
         raise UserError(f"{path}: unknown EOT parameter(s) {', '.join(unknown)}")
@@ -165,8 +189,10 @@ def load_distribution(name_or_path: str | Path) -> EOTDistribution:
 
 
 def distribution_to_dict(dist: EOTDistribution) -> dict:
-    """The distribution as plain JSON-able data (for ``attack.json``)."""
-    return {f.name: (list(v) if isinstance(v := getattr(dist, f.name), tuple) else v) for f in fields(dist)}
+    """The distribution as plain JSON-able data (for ``attack.json``; stages by their specs)."""
+    data = {f.name: (list(v) if isinstance(v := getattr(dist, f.name), tuple) else v) for f in fields(dist)}
+    data["stages"] = [stage.spec for stage in dist.stages]
+    return data
 
 
 @dataclass(frozen=True)
@@ -176,7 +202,8 @@ class EOTParams:
     ``grid_h`` maps output pixel centres (homogeneous) to ``grid_sample`` texture
     coordinates in [-1, 1]; ``level`` picks the pyramid level per sample; ``colour_a`` /
     ``colour_b`` are the folded affine colour transform; the rest are per-sample
-    physical quantities (pixels at the output size) and the pre-drawn noise.
+    physical quantities (pixels at the output size) and the pre-drawn noise; ``stages`` run
+    on the rendered batch, stage ``i`` from ``stage_seeds[i]``.
     """
 
     out_size: int
@@ -192,6 +219,8 @@ class EOTParams:
     noise: torch.Tensor | None  # (N, 3, S, S) already scaled by each sample's sigma; None = no noise
     jpeg_quality: torch.Tensor  # (N,) 0 = no JPEG
     blur_radius: int = 0  # kernel radius of the blur; 0 = this draw does not blur
+    stages: tuple[Stage, ...] = ()
+    stage_seeds: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return int(self.grid_h.shape[0])
@@ -233,7 +262,8 @@ def sample(
         fresh_noise: draw new Gaussian noise instead of combining planes of the bank.
 
     Returns:
-        An :class:`EOTParams` on ``device``.
+        An :class:`EOTParams` on ``device`` (with one seed per stage of ``dist``, drawn last, so
+        a distribution without stages draws what it always drew).
     """
     draw = _Draw(n, generator, torch.device(device))
     grid_h, level = _draw_geometry(dist, draw, texture_size, out_size)
@@ -242,11 +272,14 @@ def sample(
     blur_sigma, motion, motion_angle = _draw_optics(dist, draw)
     noise, quality = _draw_sensor(dist, draw, out_size, fresh_noise)
     order = torch.argsort(level, stable=True)  # (the noise rows are i.i.d.: they need no reordering)
+    stage_seeds = tuple(torch.randint(2**62, (len(dist.stages),), generator=generator, device=device).tolist()
+                        if dist.stages else ())
     return EOTParams(
         out_size=out_size, grid_h=grid_h[order], level=level[order], colour_a=colour_a[order], colour_b=colour_b[order],
         light_ramp=light_ramp[order], gamma=gamma[order], blur_sigma=blur_sigma[order], motion_length=motion[order],
         motion_angle=motion_angle[order], noise=noise, jpeg_quality=quality[order],
         blur_radius=blur_radius(dist) if bool((blur_sigma > 0).any() or (motion > 0).any()) else 0,
+        stages=dist.stages, stage_seeds=stage_seeds,
     )
 
 
@@ -540,7 +573,8 @@ def render(texture: torch.Tensor, params: EOTParams) -> torch.Tensor:
         params: a draw from :func:`sample` (same device).
 
     Returns:
-        ``(N, 3, out, out)`` in [0, 1], differentiable with respect to ``texture``.
+        ``(N, 3, out, out)`` in [0, 1], differentiable with respect to ``texture`` (through
+        the draw's stages too, when it has any).
     """
     if texture.ndim == 3:
         texture = texture.unsqueeze(0)
@@ -551,7 +585,8 @@ def render(texture: torch.Tensor, params: EOTParams) -> torch.Tensor:
     if params.blur_radius:
         x, edge_norm = _blur_parts(x, params.blur_sigma, params.motion_length, params.motion_angle, params.blur_radius)
     noise = None if params.noise is None else params.noise.to(x.dtype)
-    return _Sensor.apply(x, edge_norm, noise, params.jpeg_quality)
+    x = _Sensor.apply(x, edge_norm, noise, params.jpeg_quality)
+    return apply_stages(x, params.stages, params.stage_seeds) if params.stages else x
 
 
 def _light_field(params: EOTParams, x: torch.Tensor) -> torch.Tensor | None:

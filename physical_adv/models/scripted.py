@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -47,22 +48,35 @@ def _check_and_wrap(net: nn.Module, spec: str, classes, input_size: int | None) 
     return Classifier(net, card, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 
 
-def load_factory(spec: str, classes: str | Path | None, input_size: int | None) -> Classifier:
-    """``module:factory``: import ``module`` and call ``factory()`` for an ``nn.Module`` that takes
-    ``(N, 3, S, S)`` RGB in [0, 1] and returns logits (it normalises itself)."""
+def import_factory(spec: str, purpose: str) -> Callable:
+    """The callable ``factory`` of a ``module:factory`` spec (the module imported from ``sys.path``).
+
+    Args:
+        spec: ``module:factory``, e.g. ``my_models:make``.
+        purpose: what the factory is for, for the error message (e.g. ``model my_models:make``).
+
+    Raises:
+        UserError: the module cannot be imported, or has no callable of that name.
+    """
     import importlib
 
     module_name, _, factory_name = spec.partition(":")
-    if classes is None:
-        raise UserError(f"a module:factory model needs --classes FILE (one class name per line) for {spec}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise UserError(f"cannot import {module_name!r} for model {spec}: {exc}") from None
+        raise UserError(f"cannot import {module_name!r} for {purpose}: {exc}") from None
     factory = getattr(module, factory_name, None)
     if not callable(factory):
-        raise UserError(f"{module_name} has no callable {factory_name!r} (model spec {spec})")
-    net = factory()
+        raise UserError(f"{module_name} has no callable {factory_name!r} ({purpose})")
+    return factory
+
+
+def load_factory(spec: str, classes: str | Path | None, input_size: int | None) -> Classifier:
+    """``module:factory``: import ``module`` and call ``factory()`` for an ``nn.Module`` that takes
+    ``(N, 3, S, S)`` RGB in [0, 1] and returns logits (it normalises itself)."""
+    if classes is None:
+        raise UserError(f"a module:factory model needs --classes FILE (one class name per line) for {spec}")
+    net = import_factory(spec, f"model {spec}")()
     if not isinstance(net, nn.Module):
         raise UserError(f"{spec}() returned {type(net).__name__}, not a torch nn.Module")
     return _check_and_wrap(net, spec, classes, input_size)
