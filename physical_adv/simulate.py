@@ -137,7 +137,10 @@ def load_channel(path: Path) -> Channel:
     """A :class:`Channel` from a TOML file with ``[printer]`` (saturation, black, white, tone,
     tint) and ``[camera]`` (exposure, white_balance, gamma, lighting) tables; a one-line
     :class:`UserError` for a missing file, an unknown key or a bad value."""
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
 
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))

@@ -3,7 +3,11 @@ whose channel is fixed and known; the TOML and chart image it writes; one-line e
 write nothing."""
 
 import json
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 import numpy as np
 import pytest
@@ -268,3 +272,36 @@ def test_nps_against_the_measured_palette(capsys, captures, tmp_path):
     assert json.loads((out / "attack.json").read_text())["config"]["palette"] == str(cal_file)
     code, _, err = run_cli(capsys, "attack", "--source", "sign:stop", "--out", tmp_path / "r2", "--palette", cal_file)
     assert_one_line_error(code, err, "give its weight with --nps W")
+
+
+def test_attack_eot_takes_a_calibration_and_renders_through_the_measured_channel(capsys, captures, tmp_path):
+    import torch
+
+    from physical_adv.attack import eot
+
+    _, folders = captures
+    cal_file = tmp_path / "washed.toml"
+    run_cli(capsys, "calibrate", folders["washed"], "--out", cal_file)
+    dist = eot.load_distribution(str(cal_file))
+    assert dist.calibration is not None and dist.name == "calibrated:washed.toml"
+    assert dist.paper_white == (1.0, 1.0) and dist.black_level == (0.0, 0.0) and dist.scale == eot.load_distribution("print-camera").scale
+    white = torch.ones(1, 3, 64, 64, requires_grad=True)
+    params = eot.sample(dist, 16, 64, 32, torch.Generator().manual_seed(0))
+    out = eot.render(white, params)
+    expected = dist.calibration.apply(torch.ones(1, 3, 1, 1)).view(3)  # the washed-out paper white as photographed
+    centre = out[:, :, 12:20, 12:20].mean((0, 2, 3))
+    assert (centre - expected).abs().max() < 0.06 and expected.max() < 0.95, (centre, expected)
+    out.sum().backward()
+    assert torch.isfinite(white.grad).all() and white.grad.abs().sum() > 0
+    # recorded by its file, and read back equal (evaluate rebuilds recorded distributions)
+    data = eot.distribution_to_dict(dist)
+    assert data["calibration"] == str(cal_file)
+    again = eot.EOTDistribution(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    assert again.calibration is not None and again.brightness == dist.brightness
+    run = tmp_path / "run"
+    code, _, _ = run_cli(capsys, "attack", "--source", "sign:stop", "--out", run, "--steps", "2", "--samples", "4",
+                         "--eval-samples", "8", "--texture-size", "64", "--eot", cal_file, "--device", "cpu")
+    assert code in (0, None)
+    record = json.loads((run / "attack.json").read_text())
+    assert record["eot_distribution"]["calibration"] == str(cal_file)
+    assert record["eval_distribution"]["calibration"] == str(cal_file)

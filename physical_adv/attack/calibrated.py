@@ -10,13 +10,17 @@ each pixel's curve value is one gather and one linear interpolation.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from physical_adv.errors import UserError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,10 @@ model's input size in a fixed, short sequence of batched ops:
 2. **printer and camera colour** — saturation, ink cross-talk, black level, paper white
    and tint, white balance, exposure, contrast and brightness are all affine in colour,
    so they are folded at sampling time into one 3×3 matrix + offset per sample;
-3. **light** — a linear lighting ramp across the frame, then gamma;
+3. **light** — a linear lighting ramp across the frame, then gamma; with a calibration
+   (``--eot cal.toml``, :func:`calibrated_distribution`) the measured printer and camera
+   channel follows (:mod:`physical_adv.attack.calibrated`), the generic colour of stage 2
+   then reduced to the readings' frame-to-frame jitter;
 4. **optics** — dot gain, defocus (Gaussian) and motion blur (a line) combined into one
    point-spread function per sample and applied as one depthwise convolution;
 5. **sensor** — the blur's edge normalisation, additive Gaussian noise (planes of a fixed
@@ -43,6 +46,7 @@ from kornia.geometry.transform import get_perspective_transform
 
 from physical_adv.artifacts import read_named_toml
 from physical_adv.attack.jpeg import jpeg
+from physical_adv.attack.calibrated import CalibratedChannel, is_calibration, load_calibration
 from physical_adv.attack.stages import Stage, apply_stages, load_stage
 from physical_adv.errors import UserError
 from physical_adv.pose import posed_square
@@ -107,9 +111,12 @@ class EOTDistribution:
     jpeg_quality: Range = (100.0, 100.0)
     jpeg_p: float = 0.0
     stages: tuple[Stage, ...] = ()
+    calibration: CalibratedChannel | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", tuple(s if isinstance(s, Stage) else load_stage(s) for s in self.stages))
+        if isinstance(self.calibration, (str, Path)):  # as recorded in attack.json: the file it came from
+            object.__setattr__(self, "calibration", load_calibration(self.calibration))
         limits = {
             "scale": (0.05, 10), "saturation": (0, 3), "black_level": (0, 0.9), "paper_white": (0.1, 1),
             "dot_gain": (0, 10), "exposure": (0.05, 5), "brightness": (-1, 1), "contrast": (0.05, 5),
@@ -174,11 +181,13 @@ def load_distribution(name_or_path: str | Path) -> EOTDistribution:
 def _load_base(name_or_path: str) -> EOTDistribution:
     """A preset or TOML file (no stages: they are named on the command line only)."""
     path, data = read_named_toml(name_or_path, PRESET_DIR, "EOT preset")
+    if is_calibration(data):
+        return calibrated_distribution(path)
     flat: dict = {"name": data.pop("name", path.stem), "description": data.pop("description", "")}
     for section in _SECTIONS:
         flat.update(data.pop(section, {}) or {})
     flat.update(data)  # keys outside sections are allowed too
-    known = {f.name for f in fields(EOTDistribution)} - {"stages"}
+    known = {f.name for f in fields(EOTDistribution)} - {"stages", "calibration"}
     unknown = sorted(set(flat) - known)
     if unknown:
         raise UserError(f"{path}: unknown EOT parameter(s) {', '.join(unknown)}")
@@ -188,10 +197,28 @@ def _load_base(name_or_path: str) -> EOTDistribution:
         raise UserError(f"{path}: {exc}") from None
 
 
+def calibrated_distribution(path: Path) -> EOTDistribution:
+    """The EOT distribution of a ``physical-adv calibrate`` file: ``print-camera``'s geometry,
+    light, optics, sensor and compression, its generic printer and camera colour ranges
+    replaced by the measured channel (:class:`physical_adv.attack.calibrated.CalibratedChannel`,
+    applied after the light ramp) with a brightness jitter whose standard deviation is the
+    readings' frame-to-frame spread (uniform on ±√3 σ)."""
+    channel = load_calibration(path)
+    jitter = math.sqrt(3) * float(channel.spread.mean())
+    base = _load_base("print-camera")
+    return dataclasses.replace(
+        base, name=f"calibrated:{path.name}", description=f"print-camera geometry and optics, the colour channel "
+        f"measured by physical-adv calibrate ({path})", saturation=(1.0, 1.0), ink_crosstalk=0.0, black_level=(0.0, 0.0),
+        paper_white=(1.0, 1.0), paper_tint=0.0, exposure=(1.0, 1.0), brightness=(-jitter, jitter), contrast=(1.0, 1.0),
+        gamma=(1.0, 1.0), white_balance=0.0, calibration=channel)
+
+
 def distribution_to_dict(dist: EOTDistribution) -> dict:
-    """The distribution as plain JSON-able data (for ``attack.json``; stages by their specs)."""
+    """The distribution as plain JSON-able data (for ``attack.json``; stages by their specs, a
+    calibration by its file)."""
     data = {f.name: (list(v) if isinstance(v := getattr(dist, f.name), tuple) else v) for f in fields(dist)}
     data["stages"] = [stage.spec for stage in dist.stages]
+    data["calibration"] = dist.calibration.source if dist.calibration is not None else None
     return data
 
 
@@ -221,6 +248,7 @@ class EOTParams:
     blur_radius: int = 0  # kernel radius of the blur; 0 = this draw does not blur
     stages: tuple[Stage, ...] = ()
     stage_seeds: tuple[int, ...] = ()
+    channel: CalibratedChannel | None = None  # the measured printer and camera colour, after the light ramp
 
     def __len__(self) -> int:
         return int(self.grid_h.shape[0])
@@ -279,7 +307,7 @@ def sample(
         light_ramp=light_ramp[order], gamma=gamma[order], blur_sigma=blur_sigma[order], motion_length=motion[order],
         motion_angle=motion_angle[order], noise=noise, jpeg_quality=quality[order],
         blur_radius=blur_radius(dist) if bool((blur_sigma > 0).any() or (motion > 0).any()) else 0,
-        stages=dist.stages, stage_seeds=stage_seeds,
+        stages=dist.stages, stage_seeds=stage_seeds, channel=dist.calibration,
     )
 
 
@@ -581,6 +609,8 @@ def render(texture: torch.Tensor, params: EOTParams) -> torch.Tensor:
     x = warp_texture(texture, params)
     gamma = params.gamma.to(x.dtype) if bool((params.gamma != 1).any()) else None
     x = _Photometric.apply(x, params.colour_a.to(x.dtype), params.colour_b.to(x.dtype), _light_field(params, x), gamma)
+    if params.channel is not None:
+        x = params.channel.apply(x)
     edge_norm = None
     if params.blur_radius:
         x, edge_norm = _blur_parts(x, params.blur_sigma, params.motion_length, params.motion_angle, params.blur_radius)
