@@ -201,11 +201,6 @@ def read_named_toml(name_or_path: str | Path, folder: Path, what: str) -> tuple[
     """
     from physical_adv.errors import UserError
 
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-
     text = str(name_or_path)
     path = folder / f"{text}.toml"
     if not path.is_file():
@@ -213,7 +208,22 @@ def read_named_toml(name_or_path: str | Path, folder: Path, what: str) -> tuple[
         if not (path.suffix == ".toml" and path.is_file()):
             names = ", ".join(sorted(p.stem for p in folder.glob("*.toml")))
             raise UserError(f"unknown {what} {text!r}; available: {names} (or a .toml file)")
+    return path, read_toml(path, what)
+
+
+def read_toml(path: str | Path, what: str = "file") -> dict:
+    """A TOML file's data; a one-line :class:`UserError` naming ``what`` when it is missing or
+    not TOML (the one TOML reader: ``tomllib``, or ``tomli`` on Python 3.10)."""
+    from physical_adv.errors import UserError
+
     try:
-        return path, tomllib.loads(path.read_text(encoding="utf-8"))
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise UserError(f"cannot read {what} {path}: {exc}") from None

@@ -124,15 +124,22 @@ def make_detector(name: str = DEFAULT_DICTIONARY, relaxed: bool = False):
     return cv2.aruco.ArucoDetector(dictionary(name), params)
 
 
+_UNIT_CORNERS = np.float64([[-0.5, -0.5], [0.5, -0.5], [0.5, 0.5], [-0.5, 0.5]])  # TL TR BR BL, in marker sides
+
+
+def marker_corners_mm(marker: dict) -> np.ndarray:
+    """A manifest marker's corners TL TR BR BL on its page, in mm: ``(4, 2)`` float64."""
+    return np.asarray(marker["center_mm"], np.float64) + _UNIT_CORNERS * marker["size_mm"]
+
+
 def page_boards(manifest: dict) -> dict[int, object]:
     """One ``cv2.aruco.Board`` per page of a sheet: its markers' corners in page mm (z = 0)
     and ids, for :func:`detect` to recover markers the first pass did not decode."""
     d = dictionary(manifest["aruco_dictionary"])
-    unit = np.float32([[-0.5, -0.5, 0], [0.5, -0.5, 0], [0.5, 0.5, 0], [-0.5, 0.5, 0]])  # TL TR BR BL
     pages: dict[int, list[dict]] = {}
     for m in manifest["markers"]:
         pages.setdefault(m["page"], []).append(m)
-    return {page: cv2.aruco.Board([np.float32([*m["center_mm"], 0]) + unit * np.float32(m["size_mm"]) for m in ms],
+    return {page: cv2.aruco.Board([np.column_stack([marker_corners_mm(m), np.zeros(4)]).astype(np.float32) for m in ms],
                                   d, np.int32([m["id"] for m in ms]))
             for page, ms in pages.items()}
 

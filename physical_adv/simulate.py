@@ -41,7 +41,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from physical_adv.artifacts import atomic_write_bytes, atomic_write_json, replace_folder, software_versions, utc_now
+from physical_adv.artifacts import atomic_write_bytes, atomic_write_json, read_toml, replace_folder, software_versions, utc_now
 from physical_adv.errors import UserError
 from physical_adv.manifest import read_manifest
 from physical_adv.resample import area_downsample, max_pyramid_level, pyramid_level
@@ -137,17 +137,7 @@ def load_channel(path: Path) -> Channel:
     """A :class:`Channel` from a TOML file with ``[printer]`` (saturation, black, white, tone,
     tint) and ``[camera]`` (exposure, white_balance, gamma, lighting) tables; a one-line
     :class:`UserError` for a missing file, an unknown key or a bad value."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"printer file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise UserError(f"cannot read {path} as TOML: {exc}") from None
+    data = read_toml(path, "printer file")
     sections = {"printer": ("saturation", "black", "white", "tone", "tint"),
                 "camera": ("exposure", "white_balance", "gamma", "lighting")}
     values = {}

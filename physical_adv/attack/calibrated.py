@@ -15,12 +15,8 @@ from pathlib import Path
 
 import torch
 
+from physical_adv.artifacts import read_toml
 from physical_adv.errors import UserError
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 
 
 @dataclass(frozen=True)
@@ -75,12 +71,7 @@ def is_calibration(data: dict) -> bool:
 def load_calibration(path: str | Path) -> CalibratedChannel:
     """Read a ``physical-adv calibrate`` TOML; a one-line :class:`UserError` when it is not one."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"calibration file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise UserError(f"cannot read {path} as TOML: {exc}") from None
+    data = read_toml(path, "calibration file")
     if not is_calibration(data):
         raise UserError(f"{path} is not a calibration (no [calibration] and [model] tables; made by physical-adv calibrate?)")
     model = data["model"]

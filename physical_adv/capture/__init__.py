@@ -184,7 +184,6 @@ class _Session:
     saved_crops: dict[str, int] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     chart: dict | None = None  # the manifest's calibration chart
-    chart_lines: list = field(default_factory=list)  # this frame's chart reading, for chart.jsonl
     unique_frames: int = 0  # frames in which a marker of the sheet was seen exactly once
     ambiguous_frames: int = 0  # frames in which markers of the sheet were seen, every one more than once
 
@@ -247,13 +246,12 @@ def run_capture(cfg: CaptureConfig, show_progress: bool = True) -> CaptureResult
                 now = time.time()
                 if t_first is None:
                     t_first = time.perf_counter()
-                lines, overlay = _process_frame(frame, ref, detections, frames_done, now, ctx)
+                lines, overlay, chart_line = _process_frame(frame, ref, detections, frames_done, now, ctx)
                 log.write("".join(json.dumps(line) + "\n" for line in lines))
                 log.flush()
-                if chart_log is not None and ctx.chart_lines:
-                    chart_log.write("".join(json.dumps(line) + "\n" for line in ctx.chart_lines))
+                if chart_log is not None and chart_line is not None:
+                    chart_log.write(json.dumps(chart_line) + "\n")
                     chart_log.flush()
-                    ctx.chart_lines.clear()
                 frames_done += 1
                 fps = frames_done / max(time.perf_counter() - t_first, 1e-9)
                 progress.update(task, advance=1, info=f"{fps:.1f} fps")
@@ -387,12 +385,14 @@ def read_ahead(source: Source, dictionary: str, boards: dict | None = None, work
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _process_frame(frame: np.ndarray, ref: dict, detections, index: int, now: float, ctx: _Session) -> tuple[list[dict], list]:
+def _process_frame(frame: np.ndarray, ref: dict, detections, index: int, now: float,
+                   ctx: _Session) -> tuple[list[dict], list, dict | None]:
     """Locate, rectify and classify one frame from its markers.
 
     Returns:
-        ``(lines, overlay)``: one log line per tile whose page is in view, and
-        ``(view, pred, confidence, fooled)`` for each found tile (for the live window).
+        ``(lines, overlay, chart_line)``: one log line per tile whose page is in view,
+        ``(view, pred, confidence, fooled)`` for each found tile (for the live window), and the
+        chart's reading for ``chart.jsonl`` (``None`` when the chart was not read).
     """
     if any(d.marker_id in ctx.locator.markers for d in detections):
         ctx.unique_frames += 1
@@ -400,11 +400,11 @@ def _process_frame(frame: np.ndarray, ref: dict, detections, index: int, now: fl
         ctx.ambiguous_frames += 1
     fits = ctx.locator.page_fits(detections)
     views = ctx.locator.locate(detections, (frame.shape[1], frame.shape[0]), fits)
-    chart = ctx.chart
+    chart, chart_line = ctx.chart, None
     if chart is not None and chart["page"] in fits:
         seen = read_chart(frame, chart, fits[chart["page"]], ctx.locator, detections)
         if seen is not None:
-            ctx.chart_lines.append({"frame": index, "time": round(now, 3), "source": ref, **seen})
+            chart_line = {"frame": index, "time": round(now, 3), "source": ref, **seen}
     results = _classify(frame, [v for v in views if v.found], ctx)
     lines, overlay = [], []
     for v in views:
@@ -434,7 +434,7 @@ def _process_frame(frame: np.ndarray, ref: dict, detections, index: int, now: fl
                         crop=_maybe_save_crop(ctx.out, v.tile_id, index, crop, ctx.saved_crops))
             overlay.append((v, pred, vals[0], fooled))
         lines.append(line)
-    return lines, overlay
+    return lines, overlay, chart_line
 
 
 def _classify(frame: np.ndarray, found: list[TileView], ctx: _Session) -> dict[str, tuple[np.ndarray, list, list]]:

@@ -29,11 +29,9 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from physical_adv.markers import WEBCAM_FOCAL_WIDTHS, Detections
+from physical_adv.markers import WEBCAM_FOCAL_WIDTHS, Detections, marker_corners_mm
 from physical_adv.resample import area_downsample, pyramid_level
 
-# marker corner offsets (TL, TR, BR, BL) from its centre, in units of its side
-_CORNERS = np.float64([[-0.5, -0.5], [0.5, -0.5], [0.5, 0.5], [-0.5, 0.5]])
 MAX_RECTIFY_LEVEL = 2  # rectify at up to 4× the crop size, then area-downsample
 MAGSAC_THRESHOLD_PX = 3.0
 OWN_MARKERS_TO_REFINE = 3  # a tile's own homography needs this many of its markers (else: the page's)
@@ -121,10 +119,14 @@ class Locator:
         self.input_sizes = input_sizes or {}
         self._corners_mm = {i: self.marker_corners_mm(i) for i in self.markers}
 
+    def _correspondences(self, ids: list[int], seen: dict) -> tuple[np.ndarray, np.ndarray]:
+        """The markers' corners on the page (mm) and in the frame (px), stacked: ``(4n, 2)`` each."""
+        return (np.concatenate([self._corners_mm[i] for i in ids]),
+                np.concatenate([seen[i].corners.astype(np.float64) for i in ids]))
+
     def marker_corners_mm(self, marker_id: int) -> np.ndarray:
         """The marker's corners TL TR BR BL on its page, in mm: ``(4, 2)`` float64."""
-        m = self.markers[marker_id]
-        return np.asarray(m["center_mm"], np.float64) + _CORNERS * m["size_mm"]
+        return marker_corners_mm(self.markers[marker_id])
 
     def pages_in_view(self, detections: Detections) -> set[int]:
         """The pages with at least one marker detected (ambiguous ones included)."""
@@ -138,8 +140,7 @@ class Locator:
     def page_precision(self, detections: Detections, fit: PageFit, points_mm: np.ndarray) -> float:
         """How precisely (px, :func:`corner_sd`) ``fit`` places page points ``(m, 2)`` mm."""
         seen = {d.marker_id: d for d in detections}
-        src = np.concatenate([self._corners_mm[i] for i in fit.markers])
-        dst = np.concatenate([seen[i].corners.astype(np.float64) for i in fit.markers])
+        src, dst = self._correspondences(fit.markers, seen)
         return corner_sd(fit.homography, src, dst, points_mm)
 
     def locate(self, detections: Detections, frame_size: tuple[int, int] | None = None,
@@ -164,8 +165,7 @@ class Locator:
                 for tile in self.tiles if tile["page"] in pages]
 
     def _fit(self, ids: list[int], seen: dict) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray | None]:
-        src = np.concatenate([self._corners_mm[i] for i in ids])
-        dst = np.concatenate([seen[i].corners.astype(np.float64) for i in ids])
+        src, dst = self._correspondences(ids, seen)
         hom, inliers = _homography(src, dst)
         return hom, src, dst, inliers
 
@@ -202,8 +202,7 @@ class Locator:
         quad_mm = np.float64([[x, y], [x + w, y], [x + w, y + h], [x, y + h]])
         corners = cv2.perspectiveTransform(quad_mm[None], hom)[0]
         seen_as = viewing_geometry(hom, corners, (x + w / 2, y + h / 2), k) if k is not None else None
-        src = np.concatenate([self._corners_mm[i] for i in used])
-        dst = np.concatenate([seen[i].corners.astype(np.float64) for i in used])
+        src, dst = self._correspondences(used, seen)
         side = max(math.sqrt(abs(cv2.contourArea(corners.astype(np.float32)))), 1e-9)
         sd = corner_sd(hom, src, dst, quad_mm) * self.input_sizes.get(tile["tile_id"], 64) / side
         if frame_size is not None and not _inside(corners, frame_size):

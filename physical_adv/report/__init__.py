@@ -224,6 +224,17 @@ def pool(paths: list[str | Path], rule: SegmentRule = SegmentRule()) -> Observat
     return obs
 
 
+def goal_outcome(tile: dict):
+    """The rate a tile is judged by, ``(name, outcome of a found line)``: accuracy for a clean
+    control, targeted success for a targeted tile, untargeted success for another."""
+    true, target = tile["true_class"], tile.get("target_class")
+    if tile["kind"] == "clean":
+        return "accuracy", lambda l: not is_fooled(l["pred"], true)
+    if target:
+        return "targeted_success", lambda l: attack_succeeded(l["pred"], true, target)
+    return "untargeted_success", lambda l: is_fooled(l["pred"], true)
+
+
 def _rate(lines: list[dict], outcome) -> dict:
     """The clustered rate of ``outcome(line)`` over ``lines`` (clusters: their segments)."""
     return clustered_rate([bool(outcome(l)) for l in lines], [l["_cluster"] for l in lines]).to_json()

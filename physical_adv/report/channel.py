@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from physical_adv.errors import UserError
-from physical_adv.outcome import attack_succeeded, is_fooled
-from physical_adv.report import Observations, _rate
+from physical_adv.report import Observations, _rate, goal_outcome
 
 
 def is_simulated(record: dict) -> bool:
@@ -41,16 +40,6 @@ def is_simulated(record: dict) -> bool:
     return isinstance(truth, dict) and truth.get("kind") == "simulate"
 
 
-def _goal(tile: dict):
-    """The rate a tile is judged by: its name and the outcome of a found line."""
-    true, target = tile["true_class"], tile.get("target_class")
-    if tile["kind"] == "clean":
-        return "accuracy", lambda l: not is_fooled(l["pred"], true)
-    if target:
-        return "targeted_success", lambda l: attack_succeeded(l["pred"], true, target)
-    return "untargeted_success", lambda l: is_fooled(l["pred"], true)
-
-
 def simulated_vs_captured(obs: Observations) -> list[dict] | None:
     """Per tile, its goal's rate over found lines of simulated and of photographed sessions
     (with the clustered intervals) and the gap; ``None`` unless both kinds of session exist."""
@@ -59,7 +48,7 @@ def simulated_vs_captured(obs: Observations) -> list[dict] | None:
         return None
     rows = []
     for tid, tile in obs.tiles.items():
-        name, outcome = _goal(tile)
+        name, outcome = goal_outcome(tile)
         found = [l for l in obs.lines if l["tile_id"] == tid and l["found"]]
         sim = _rate([l for l in found if l["_session"] in simulated], outcome)
         cap = _rate([l for l in found if l["_session"] not in simulated], outcome)

@@ -31,8 +31,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from physical_adv.outcome import attack_succeeded, is_fooled
-from physical_adv.report import Observations, _is_number, _kind_summary, _rate, tile_model
+from physical_adv.report import Observations, _is_number, _kind_summary, _rate, goal_outcome, tile_model
 
 SEEN_TEXT = ("survival per bin of what the camera saw (apparent size, viewing angle, distance), over the found "
              "observations in the bin, pooled over the tiles of each kind; bins [lo, hi), the last open-ended "
@@ -144,11 +143,8 @@ def bin_lines(obs: Observations, quantity: Seen, edges: tuple[float, ...]) -> di
 
 def _goal_rate(tile: dict, lines: list[dict]) -> dict:
     """One adversarial tile's success at its own goal over its found lines: ``{"goal", **rate}``."""
-    found = [l for l in lines if l["found"]]
-    true, target = tile["true_class"], tile.get("target_class")
-    if target:
-        return {"goal": "targeted", **_rate(found, lambda l: attack_succeeded(l["pred"], true, target))}
-    return {"goal": "untargeted", **_rate(found, lambda l: is_fooled(l["pred"], true))}
+    name, outcome = goal_outcome(tile)
+    return {"goal": name.removesuffix("_success"), **_rate([l for l in lines if l["found"]], outcome)}
 
 
 def by_seen(obs: Observations) -> dict:
