@@ -202,9 +202,57 @@ def attack_cmd(
         typer.echo(f"note: {r['eval_distribution_reason']}")
 
 
+@app.command("sweep")
+def sweep_cmd(
+    plan: Optional[Path] = typer.Argument(None, help="The study plan (plan.toml): attack option names as keys; in a grid table a list is an axis; job tables add single jobs."),
+    out: Path = typer.Option(..., "--out", "-o", help="The study folder (study.json, study.csv, runs/); an existing one is resumed."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Local worker processes (default: one per CUDA device, else one)."),
+    batch: int = typer.Option(32, "--batch", help="Most attacks optimised together in one model pass per step (jobs sharing a model and distributions)."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray: auto (join a running cluster or start one here) or a cluster address; needs the ray extra."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads per worker (default: the cores shared among the workers)."),
+    status: bool = typer.Option(False, "--status", help="Only say how far the study in --out is (no plan needed)."),
+) -> None:
+    """Run a study: many attacks from one plan, batched on a device, across processes or a Ray cluster; resumable."""
+    from physical_adv.sweep.study import SweepConfig, run_sweep, study_status
+
+    if status:
+        rec = study_status(out)
+        _print_study(rec, out)
+        return
+    if plan is None:
+        raise UserError("give the plan file (sweep PLAN --out DIR), or --status with --out DIR")
+    cfg = build(SweepConfig, plan=plan, out=out, workers=workers, batch=batch, ray=ray, threads=threads)
+    rec = run_sweep(cfg)
+    _print_study(rec, out)
+
+
+def _print_study(rec: dict, out: Path) -> None:
+    """The study's summary table and counts."""
+    from rich.table import Table
+
+    from physical_adv.ui import console
+
+    table = Table(title=f"study {out}", show_lines=False)
+    for name in ("job", "status", "held-out success (95% CI)", "steps", "queries", "seconds"):
+        table.add_column(name)
+    for r in rec["rows"][:200]:
+        if r["status"] == "done":
+            ci = f" ({r['ci_low']:.0%}-{r['ci_high']:.0%})" if r.get("ci_low") is not None else ""
+            rate = f"{r['eot_success']:.1%}{ci}"
+        else:
+            rate = (r.get("error") or "")[:60]
+        table.add_row(r["job"], r["status"], rate, str(r.get("steps_run") or ""), str(r.get("queries") or ""),
+                      f"{r['wall_seconds']:.0f}" if r.get("wall_seconds") is not None else "")
+    console.print(table)
+    c = rec["counts"]
+    more = f" (first 200 of {c['jobs']} shown; all in study.csv)" if c["jobs"] > 200 else ""
+    typer.echo(f"{out}: {c['done']} of {c['jobs']} jobs done, {c['failed']} failed, {c['pending']} pending{more}; "
+               f"study.json and study.csv in {out}")
+
+
 @app.command("sheet")
 def sheet_cmd(
-    runs: Optional[List[str]] = typer.Argument(None, help="Attack run directories (each gives a tile, plus its clean control)."),
+    runs: Optional[List[str]] = typer.Argument(None, help="Attack run directories (each gives a tile, plus its clean control), or study folders of sweep (their finished runs)."),
     template: str = typer.Option("a4", "--template", help="a4, letter, or a template .toml file."),
     tile_mm: Optional[float] = typer.Option(None, "--tile-mm", help="Tile side in millimetres (default: the template's)."),
     no_controls: bool = typer.Option(False, "--no-controls", help="Leave out the clean control tiles."),

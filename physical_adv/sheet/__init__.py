@@ -70,6 +70,22 @@ class Sheet:
     previews: list[Path] = field(default_factory=list)
 
 
+def _expand_studies(runs: tuple[str, ...]) -> list[str]:
+    """Run directories, each study folder (``sweep --out``) replaced by its finished runs in plan order."""
+    out = []
+    for run in runs:
+        if (Path(run) / "study.json").is_file():
+            from physical_adv.sweep.study import study_runs
+
+            found = study_runs(Path(run))
+            if not found:
+                raise UserError(f"study {run} has no finished runs yet (sweep --status {run} says how far it is)")
+            out.extend(str(p) for p in found)
+        else:
+            out.append(run)
+    return out
+
+
 def _read_run(run: str) -> dict:
     path = Path(run)
     if not path.is_dir():
@@ -106,7 +122,7 @@ def make_sheet(cfg: SheetConfig) -> Sheet:
     template: Template = load_template(cfg.template, cfg.tile_mm)
     if cfg.calibration_only:
         return _write_outputs(cfg, _chart_manifest(cfg, template), {}, template)
-    runs = [_read_run(r) for r in cfg.runs]
+    runs = [_read_run(r) for r in _expand_studies(cfg.runs)]
     tiles_src = []
     for run in runs:
         tiles_src.append((run, "adversarial"))
