@@ -107,6 +107,12 @@ def _sources(value: str, base: Path, where: str) -> list[str]:
     if value == "sign:*":
         return [f"sign:{name}" for name in CLASS_NAMES]
     if value.startswith("sign:"):
+        from physical_adv.signs.designs import class_index
+
+        try:
+            class_index(value[5:])
+        except UserError as exc:
+            raise UserError(f"plan {where}: {exc}") from None
         return [value]
     path = Path(value)
     path = path if path.is_absolute() else base / path
