@@ -238,3 +238,13 @@ def test_status_of_a_folder_that_is_no_study_is_one_error(capsys, tmp_path):
     assert_one_line_error(code, err, "give the plan file")
     with pytest.raises(UserError, match="not found"):
         expand({"grid": {"source": "nowhere"}}, tmp_path)
+
+
+def test_two_local_worker_processes_make_the_same_runs_as_one(tmp_path):
+    plan = _plan(tmp_path, '[grid]\nsource = ["sign:stop", "sign:yield"]\nseed = [0, 1]\n' + SMALL)
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_sweep(SweepConfig(plan=plan, out=one, workers=1, batch=2, threads=1), show_progress=False)
+    record = run_sweep(SweepConfig(plan=plan, out=two, workers=2, batch=2, threads=1), show_progress=False)
+    assert record["counts"]["done"] == 4 and record["engine"]["workers"] == 2
+    for run in (one / "runs").iterdir():
+        assert _sha(run / "adversarial.png") == _sha(two / "runs" / run.name / "adversarial.png")

@@ -183,8 +183,13 @@ def _local(study: Path, batches: list[Batch], workers: int, threads: int | None,
     import concurrent.futures as cf
     import multiprocessing
 
+    import torch
+
     threads = threads or max(1, _cores() // workers)
-    with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    ctx = multiprocessing.get_context("spawn")
+    devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
+                                initargs=(ctx.Value("i", 0), devices)) as pool:
         futures = [pool.submit(run_batch_in, study, b, threads) for b in batches]
         try:
             for f in cf.as_completed(futures):
@@ -193,6 +198,15 @@ def _local(study: Path, batches: list[Batch], workers: int, threads: int | None,
             for f in futures:
                 f.cancel()
             raise
+
+
+def _worker_init(counter, devices: int) -> None:
+    """A local worker process takes the next CUDA device (round robin) before torch starts CUDA."""
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    if devices:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(index % devices)
 
 
 def _ray(study: Path, batches: list[Batch], address: str, threads: int | None, progress) -> None:
