@@ -233,7 +233,8 @@ def _print_study(rec: dict, out: Path) -> None:
     from physical_adv.ui import console
 
     table = Table(title=f"study {out}", show_lines=False)
-    for name in ("job", "status", "held-out success (95% CI)", "steps", "queries", "seconds"):
+    table.add_column("job", overflow="fold", min_width=20)
+    for name in ("status", "held-out success (95% CI)", "steps", "queries", "seconds"):
         table.add_column(name)
     for r in rec["rows"][:200]:
         if r["status"] == "done":

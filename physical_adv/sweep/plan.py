@@ -144,6 +144,20 @@ def _files(options: dict, base: Path) -> dict:
     return out
 
 
+def _cli_defaults(options: dict, where: str) -> dict:
+    """The defaults ``attack``'s command line derives from other options: ``--model`` is the
+    oracle's spec for a model oracle, and ``--method label-only`` answers ``label`` by default."""
+    out = dict(options)
+    oracle = out.get("oracle")
+    if isinstance(oracle, str) and "model" not in out:
+        if oracle.startswith(("http://", "https://")):
+            raise UserError(f"plan {where}: a URL oracle needs model (the local model of the held-out check)")
+        out["model"] = oracle
+    if out.get("method") == "label-only" and "mode" not in out:
+        out["mode"] = "label"
+    return out
+
+
 def job_id(options: dict) -> str:
     """A readable, stable id: source, goal and seed, plus a hash of every option."""
     digest = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -186,7 +200,7 @@ def expand(data: dict, base: Path) -> list[dict]:
         if "source" not in combo:
             raise UserError(f"plan {where}: no source (give source in [grid] or in the [[job]])")
         for source in _sources(combo["source"], base, where):
-            jobs.append(_files({**combo, "source": source}, base))
+            jobs.append(_files(_cli_defaults({**combo, "source": source}, where), base))
     if not jobs:
         raise UserError("plan: no jobs ([grid] with source, or [[job]] tables)")
     return jobs
