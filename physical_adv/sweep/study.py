@@ -313,6 +313,16 @@ def job_status(study: Path, job: Job, statuses: dict[str, dict]) -> dict:
     return {"status": "pending"}
 
 
+_RECORDS: dict[tuple[str, int], dict] = {}  # finished runs' records by (path, mtime): study.json is rewritten often
+
+
+def _finished_record(path: Path) -> dict:
+    key = (str(path), path.stat().st_mtime_ns)
+    if key not in _RECORDS:
+        _RECORDS[key] = json.loads(path.read_text())
+    return _RECORDS[key]
+
+
 def _row(study: Path, job: Job, batch: Batch, status: dict) -> dict:
     o = job.options
     row = {"job": job.id, "status": status["status"], "source": o["source"], "target": o.get("target"),
@@ -322,7 +332,7 @@ def _row(study: Path, job: Job, batch: Batch, status: dict) -> dict:
            "steps": o.get("steps", 300), "batch": batch.id, "batch_size": len(batch.jobs) if batch.batched else 1,
            "error": status.get("error"), "run": status.get("run")}
     if status["status"] == "done":
-        rec = json.loads((study / status["run"] / "attack.json").read_text())
+        rec = _finished_record(study / status["run"] / "attack.json")
         m = rec["metrics"]
         ci = m.get("eot_success_ci95") or [None, None]
         row.update(eot_success=m["eot_success"], ci_low=ci[0], ci_high=ci[1], eval_samples=m["eot_samples"],
@@ -338,7 +348,8 @@ def write_study(study: Path, plan: Plan, batches: list[Batch], statuses: dict[st
     for b in batches:
         for job in b.jobs:
             rows.append(_row(study, job, b, job_status(study, job, statuses)))
-    rows.sort(key=lambda r: next(j.index for j in plan.jobs if j.id == r["job"]))
+    order = {j.id: j.index for j in plan.jobs}
+    rows.sort(key=lambda r: order[r["job"]])
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "failed", "pending")}
     previous = {}
     if (study / STUDY_JSON).exists():
