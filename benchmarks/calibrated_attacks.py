@@ -16,7 +16,9 @@ one, black 0.2, white 0.85), the user's workflow end to end:
 Attacks per sheet: untargeted L∞ at 16, 20, 24 and 32/255; targeted stickers (square, 5, 10, 15, 20,
 25 % of the tile) stop → speed limit 80; targeted L∞ 32/255 → speed limit 80; and, for the NPS
 figure, the 25 % sticker again with ``--nps 1`` against the measured palette (``--palette cal.toml``)
-and against the 27-colour cube (calibrated distribution only).
+and against the 27-colour cube (calibrated distribution only). With ``--small``, a second sheet per
+seed and distribution holds 2 and 3 % stickers: on simulate's photos every 5 % sticker already
+reached 90 %, so the issue's areas alone cannot tell the distributions apart.
 
 Reported per (printer, distribution): each attack's photo survival, mean over seeds with its 95 %
 Student-t interval and min–max (``stats.seed_summary``); the smallest sticker area whose mean over
@@ -40,6 +42,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -57,11 +60,14 @@ PRINTERS = {  # fixed printer + camera channels (the room's lighting still drawn
 TARGET = "speed limit 80"
 EPS = (16, 20, 24, 32)
 AREAS = (5, 10, 15, 20, 25)
+SMALL_AREAS = (2, 3)  # below the issue's range: on simulate's photos every seed's 5 % sticker already reached 90 %
+ALL_AREAS = (*SMALL_AREAS, *AREAS)
 ATTACKS = {
     **{f"linf-{e}": dict(eps=float(e)) for e in EPS},
     **{f"sticker-{a}": dict(target=TARGET, patch="square", patch_area=a / 100) for a in AREAS},
     "tlinf-32": dict(target=TARGET, eps=32.0),
 }
+SMALL = {f"sticker-{a}": dict(target=TARGET, patch="square", patch_area=a / 100) for a in SMALL_AREAS}
 NPS = {  # calibrated distribution only; "palette" filled in with the cal.toml
     "sticker-25-nps-measured": dict(target=TARGET, patch="square", patch_area=0.25, nps_weight=1.0, palette=True),
     "sticker-25-nps-cube": dict(target=TARGET, patch="square", patch_area=0.25, nps_weight=1.0),
@@ -135,16 +141,17 @@ def sticker_colour_error(run: Path, photos: Path, tile_id: str, size: int = 32) 
     return float(np.median(errors)) if errors else None
 
 
-def measure_sheet(root: Path, printer: str, dist: str, seed: int, cal: Path, args) -> list[dict]:
-    """Attack, lay out, photograph, capture and report one sheet; one row per tile."""
+def measure_sheet(root: Path, printer: str, dist: str, seed: int, cal: Path, args, sheet_name: str = "main") -> list[dict]:
+    """Attack, lay out, photograph, capture and report one sheet (``main``: the issue's attacks;
+    ``small``: the 2 and 3 % stickers); one row per tile."""
     from physical_adv.capture import CaptureConfig, run_capture
     from physical_adv.report import ReportConfig, run_report
     from physical_adv.sheet import SheetConfig, make_sheet
     from physical_adv.simulate import Channel, SimulateConfig, simulate
 
-    folder = root / printer / dist / f"s{seed}"
+    folder = root / printer / dist / f"s{seed}" / ("" if sheet_name == "main" else sheet_name)
     eot = str(cal) if dist == "calibrated" else dist
-    attacks = {**ATTACKS, **(NPS if dist == "calibrated" else {})}
+    attacks = SMALL if sheet_name == "small" else {**ATTACKS, **(NPS if dist == "calibrated" else {})}
     records = {}
     for name, options in attacks.items():
         records[name] = attack(folder / name, seed, eot, options, cal, args.steps, args.quiet)
@@ -166,7 +173,7 @@ def measure_sheet(root: Path, printer: str, dist: str, seed: int, cal: Path, arg
         got = next(t for t in report["tiles"] if t["tile_id"] == tile["tile_id"])
         rate = "targeted_success" if tile.get("target_class") else "untargeted_success"
         m = records[name]["metrics"]
-        row = {"printer": printer, "eot": dist, "seed": seed, "attack": name, "photo": got[rate],
+        row = {"printer": printer, "eot": dist, "seed": seed, "sheet": sheet_name, "attack": name, "photo": got[rate],
                "photo_ci95": got["ci"].get(rate), "found": got["found"], "frames": got["frames"],
                "digital": m["eot_success"], "steps_run": m["steps_run"], "optimise_seconds": m.get("optimise_seconds")}
         if name.startswith("sticker-25"):
@@ -178,23 +185,24 @@ def measure_sheet(root: Path, printer: str, dist: str, seed: int, cal: Path, arg
 def run_printer(root: Path, printer: str, args) -> list[dict]:
     log = root / f"runs-{printer}.jsonl"
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
-    done = {(r["eot"], r["seed"]) for r in rows}
+    done = {(r["eot"], r["seed"], r.get("sheet", "main")) for r in rows}
     cal = calibration(root, printer, args.quiet)
-    for seed in range(args.seeds):  # seed-major: an interrupted run has both distributions at the first seeds
-        for dist in DISTS:
-            if (dist, seed) in done:
-                continue
-            new = measure_sheet(root, printer, dist, seed, cal, args)
-            with log.open("a") as f:
-                f.write("".join(json.dumps(r) + "\n" for r in new))
-                f.flush()
-            rows.extend(new)
+    sheets = ("main", "small") if args.small else ("main",)
+    # sheet, then seed-major: an interrupted run has both distributions at the first seeds
+    for sheet, seed, dist in itertools.product(sheets, range(args.seeds), DISTS):
+        if (dist, seed, sheet) in done:
+            continue
+        new = measure_sheet(root, printer, dist, seed, cal, args, sheet)
+        with log.open("a") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in new))
+            f.flush()
+        rows.extend(new)
     return rows
 
 
 def smallest_area(rates: dict[int, float]) -> int | None:
-    """The smallest sticker area (%) whose targeted survival is ≥ 90 %."""
-    return next((a for a in AREAS if rates.get(a, 0.0) >= 0.9), None)
+    """The smallest sticker area (%) measured whose targeted survival is ≥ 90 %."""
+    return next((a for a in ALL_AREAS if a in rates and rates[a] >= 0.9), None)
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -208,7 +216,7 @@ def summarise(rows: list[dict]) -> list[dict]:
                 continue
             seeds = sorted({r["seed"] for r in mine})
             entry = {"printer": printer, "eot": dist, "seeds": seeds, "attacks": {}}
-            for name in {**ATTACKS, **NPS}:
+            for name in {**SMALL, **ATTACKS, **NPS}:
                 runs = sorted((r for r in mine if r["attack"] == name), key=lambda r: r["seed"])
                 if not runs:
                     continue
@@ -220,11 +228,11 @@ def summarise(rows: list[dict]) -> list[dict]:
                     a["colour_error_mean"] = round(statistics.fmean(colour), 2)
                 entry["attacks"][name] = a
             by_seed = {s: {a: next((r["photo"] for r in mine if r["seed"] == s and r["attack"] == f"sticker-{a}"), 0.0)
-                           for a in AREAS} for s in seeds}
+                           for a in ALL_AREAS} for s in seeds}
             entry["smallest_sticker_per_seed"] = {str(s): smallest_area(v) for s, v in by_seed.items()}
             entry["smallest_sticker_of_mean"] = smallest_area(
-                {a: entry["attacks"][f"sticker-{a}"]["photo"]["mean"] for a in AREAS if f"sticker-{a}" in entry["attacks"]})
-            core = [r for r in mine if r["attack"] in ATTACKS]
+                {a: entry["attacks"][f"sticker-{a}"]["photo"]["mean"] for a in ALL_AREAS if f"sticker-{a}" in entry["attacks"]})
+            core = [r for r in mine if r["attack"] in ATTACKS or r["attack"] in SMALL]
             entry["mean_abs_gap_digital_vs_photo"] = round(statistics.fmean(abs(r["digital"] - r["photo"]) for r in core), 4)
             out.append(entry)
     return out
@@ -234,7 +242,7 @@ def table(summary: list[dict]) -> str:
     """The README's table: one line per attack, a column per (printer, distribution)."""
     cols = [(e["printer"], e["eot"]) for e in summary]
     lines = ["| attack | " + " | ".join(f"{p}, {d}" for p, d in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for name in {**ATTACKS, **NPS}:
+    for name in {**SMALL, **ATTACKS, **NPS}:
         cells = []
         for e in summary:
             a = e["attacks"].get(name)
@@ -259,6 +267,7 @@ def main() -> None:
     ap.add_argument("--printers", default=",".join(PRINTERS), help="Comma-separated: good, washed.")
     ap.add_argument("--steps", type=int, default=None, help="Override the attacks' step budget (default: attack's 300).")
     ap.add_argument("--out", type=Path, default=None, help="Keep everything here (and resume).")
+    ap.add_argument("--small", action="store_true", help="Also a second sheet of 2 and 3 %% stickers per seed.")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
