@@ -209,12 +209,18 @@ def _worker_init(counter, devices: int) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(index % devices)
 
 
-def _ray(study: Path, batches: list[Batch], address: str, threads: int | None, progress) -> None:
-    """Run each batch as a Ray task (retried on worker loss) on a joined or started cluster."""
+def _import_ray():
+    """The ``ray`` module, or the one-line error saying how to install it (the optional extra)."""
     try:
         import ray
     except ImportError:
         raise UserError("--ray needs Ray: pip install 'physical-adv[ray]'") from None
+    return ray
+
+
+def _ray(study: Path, batches: list[Batch], address: str, threads: int | None, progress) -> None:
+    """Run each batch as a Ray task (retried on worker loss) on a joined or started cluster."""
+    ray = _import_ray()
     from physical_adv.sweep.cluster import connect, remote_batch
 
     connect(ray, address)
@@ -244,6 +250,8 @@ def run_sweep(cfg: SweepConfig, show_progress: bool = True) -> dict:
     """
     from physical_adv.ui import console, make_progress
 
+    if cfg.ray is not None:
+        _import_ray()  # before anything is loaded or written
     plan = load_plan(cfg.plan)
     study = Path(cfg.out)
     _check_same_plan(study, plan)
