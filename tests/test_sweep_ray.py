@@ -135,7 +135,8 @@ def _task_workers() -> dict[int, float]:
 def cluster():
     """A local Ray cluster of 2 CPUs (so 2 worker processes run batch tasks), shut down at the end
     of the module with none of its processes left behind."""
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    # address="local": always a new cluster of this test's own, never one found on the machine or in RAY_ADDRESS
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
     try:
         resources = ray.cluster_resources()
         assert resources.get("CPU") == 2 and not resources.get("GPU"), resources  # a batch task asks 1 CPU (threads=1)
