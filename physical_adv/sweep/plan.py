@@ -257,7 +257,7 @@ def load_plan(path: str | Path) -> Plan:
     """Read, expand and validate ``plan.toml`` (one :class:`UserError` for the first problem)."""
     from physical_adv.artifacts import read_toml
 
-    path = Path(path)
+    path = Path(path).resolve()  # every file of the plan resolved: workers on other nodes see the same paths
     data = read_toml(path, "plan")
     options = expand(data, path.parent)
     jobs, seen = [], {}

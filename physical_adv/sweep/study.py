@@ -131,6 +131,8 @@ def _clear_partial(runs: Path, jobs: list[Job]) -> None:
         d = runs / job.id
         if d.exists() and not (d / "attack.json").exists():
             shutil.rmtree(d, ignore_errors=True)
+        for tmp in runs.glob(f".{job.id}.*"):  # a run directory a killed worker was writing
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _batched(runs: Path, jobs: list[Job]) -> None:
@@ -225,7 +227,7 @@ def _ray(study: Path, batches: list[Batch], address: str, threads: int | None, p
 
     connect(ray, address)
     task = remote_batch(ray, threads or 1)
-    pending = {task.remote(str(study), b, threads or 1): b for b in batches}
+    pending = {task.remote(str(study.resolve()), b, threads or 1): b for b in batches}
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
