@@ -91,9 +91,11 @@ def optimise_batch(textures: list[_Texture], model, dist: eot.EOTDistribution, v
         if not active:
             break
         t0 = time.perf_counter()
-        xs = torch.cat([t.x for t in active]).detach().requires_grad_(True)
-        batch = torch.cat([eot.render(xs[i : i + 1], eot.sample(dist, views, size, model.input_size, t.generator, device))
-                           for i, t in enumerate(active)])
+        # one leaf per texture: slices of one (K, 3, S, S) leaf would each back-propagate a full-size
+        # zero-filled gradient, K² texture copies per step
+        xs = [t.x.detach().requires_grad_(True) for t in active]
+        batch = torch.cat([eot.render(x, eot.sample(dist, views, size, model.input_size, t.generator, device))
+                           for x, t in zip(xs, active)])
         logits = model(batch)
         total = 0.0
         goals, stats = [], []
@@ -104,7 +106,7 @@ def optimise_batch(textures: list[_Texture], model, dist: eot.EOTDistribution, v
             term = goal
             for weight, reg in t.regularisers:
                 if weight:
-                    term = term - weight * reg(xs[i : i + 1])
+                    term = term - weight * reg(xs[i])
             total = total + term
             goals.append(goal)
             with torch.no_grad():
@@ -113,7 +115,7 @@ def optimise_batch(textures: list[_Texture], model, dist: eot.EOTDistribution, v
                 other = lg.scatter(1, labels.view(-1, 1), float("-inf")).amax(1)
                 margin = float((own - other).mean() if t.targeted else (other - own).mean())
             stats.append((float(hit.float().mean()), margin))
-        grad = torch.autograd.grad(total, xs)[0]
+        grads = torch.autograd.grad(total, xs)
         share = (time.perf_counter() - t0) / len(active)
         for i, t in enumerate(active):
             a = t.alpha(step)
@@ -122,7 +124,7 @@ def optimise_batch(textures: list[_Texture], model, dist: eot.EOTDistribution, v
             key = (report.success, report.margin)
             if t.best_key is None or key > t.best_key:
                 t.best, t.best_key, t.best_step = t.x.detach().clone(), key, step
-            t.x = t.threat.project(t.threat.step(t.x.detach(), grad[i : i + 1], a), t.clean).detach()
+            t.x = t.threat.project(t.threat.step(t.x.detach(), grads[i], a), t.clean).detach()
             t.seconds += share
             if t.early_stop(t.history):
                 t.done = t.stopped_early = True
