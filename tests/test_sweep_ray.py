@@ -135,6 +135,8 @@ def _task_workers() -> dict[int, float]:
 def cluster():
     """A local Ray cluster of 2 CPUs (so 2 worker processes run batch tasks), shut down at the end
     of the module with none of its processes left behind."""
+    # children this process had before the cluster (e.g. multiprocessing's resource tracker) are not Ray's
+    before = _descendants(_processes(), os.getpid())
     # address="local": always a new cluster of this test's own, never one found on the machine or in RAY_ADDRESS
     ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
     try:
@@ -143,7 +145,7 @@ def cluster():
         yield
     finally:
         # gcs, raylet, agents and workers, taken before they lose their parent
-        started = _descendants(_processes(), os.getpid())
+        started = _descendants(_processes(), os.getpid()) - before
         ray.shutdown()
         deadline = time.time() + 30
         while _alive(started) and time.time() < deadline:
