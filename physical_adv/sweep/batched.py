@@ -58,8 +58,8 @@ class _Texture:
     generator: torch.Generator
     regularisers: list
     early_stop: Callable[[list[StepReport]], bool]
-    x: torch.Tensor = None
-    best: torch.Tensor = None
+    x: torch.Tensor | None = None  # the current iterate (set by prepare)
+    best: torch.Tensor | None = None
     best_key: tuple | None = None
     best_step: int = 0
     history: list[StepReport] = field(default_factory=list)
@@ -140,7 +140,6 @@ def prepare(cfg, model, device) -> tuple[_Texture, dict]:
     """A job's texture state, drawn in the order ``attack`` draws (clean prediction, then the
     random start, then the EOT samples, all from the job's own generator), plus what its
     record needs."""
-    from physical_adv.attack.objectives import OBJECTIVES  # noqa: F401  (objective resolved by the caller)
     from physical_adv.attack.runner import (_clean_prediction, _goal_owner, _seeds, _square_texture, _texture_tensor,
                                             build_mask, build_regularisers, build_threat, held_with_margin,
                                             resolve_distributions, resolve_goal)
