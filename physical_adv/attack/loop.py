@@ -90,15 +90,21 @@ def autograd_source(
             if weight:
                 total = total - weight * reg(x)
         grad = torch.autograd.grad(total, x)[0]
-        with torch.no_grad():
-            pred = logits.argmax(1)
-            hit = succeeded_mask(pred, batch_labels, targeted)
-            own = logits.gather(1, batch_labels.view(-1, 1)).squeeze(1)
-            other = logits.scatter(1, batch_labels.view(-1, 1), float("-inf")).amax(1)
-            margin = float((own - other).mean() if targeted else (other - own).mean())
-        return Estimate(grad, float(goal.detach()), float(hit.float().mean()), margin)
+        success, margin = batch_stats(logits, batch_labels, targeted)
+        return Estimate(grad, float(goal.detach()), success, margin)
 
     return estimate
+
+
+def batch_stats(logits: torch.Tensor, labels: torch.Tensor, targeted: bool) -> tuple[float, float]:
+    """What a batch of views shows: the fraction on which the attack succeeds, and the mean
+    margin toward the goal (target logit over the best other, or best other over the true one)."""
+    with torch.no_grad():
+        hit = succeeded_mask(logits.argmax(1), labels, targeted)
+        own = logits.gather(1, labels.view(-1, 1)).squeeze(1)
+        other = logits.scatter(1, labels.view(-1, 1), float("-inf")).amax(1)
+        margin = float((own - other).mean() if targeted else (other - own).mean())
+    return float(hit.float().mean()), margin
 
 
 def with_regularisers(source: GradientSource, regularisers: Sequence[Regulariser]) -> GradientSource:

@@ -485,6 +485,14 @@ def evaluate(cfg: AttackConfig, model, adv: torch.Tensor, clean: torch.Tensor, d
     return metrics, preview_imgs, probs[: len(preview_imgs)]
 
 
+def check_new_run_dir(out: str | Path) -> Path:
+    """``out`` as a path, or a :class:`UserError` when something is already there (a run never overwrites)."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"output {out} already exists and is not an empty directory; choose another --out")
+    return out
+
+
 def run_attack(cfg: AttackConfig, show_progress: bool = True) -> AttackResult:
     """Run the attack of ``cfg`` and write its run directory (see module docs).
 
@@ -492,9 +500,7 @@ def run_attack(cfg: AttackConfig, show_progress: bool = True) -> AttackResult:
         :class:`AttackResult` with the run directory and the ``attack.json`` record.
     """
     started = time.time()
-    out = Path(cfg.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"output {out} already exists and is not an empty directory; choose another --out")
+    out = check_new_run_dir(cfg.out)
     dists = resolve_distributions(cfg)
     texture_np = _square_texture(load_image(cfg.source), cfg.texture_size)
     mask_np = build_mask(cfg, cfg.texture_size)

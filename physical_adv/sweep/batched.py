@@ -27,8 +27,7 @@ import numpy as np
 import torch
 
 from physical_adv.attack import eot
-from physical_adv.attack.loop import LoopResult, StepReport
-from physical_adv.outcome import succeeded_mask
+from physical_adv.attack.loop import LoopResult, StepReport, batch_stats
 
 BATCH_KEY_FIELDS = ("model", "classes", "eot", "eval_eot", "samples", "texture_size", "loss", "device", "eval_samples")
 
@@ -109,12 +108,7 @@ def optimise_batch(textures: list[_Texture], model, dist: eot.EOTDistribution, v
                     term = term - weight * reg(xs[i])
             total = total + term
             goals.append(goal)
-            with torch.no_grad():
-                hit = succeeded_mask(lg.argmax(1), labels, t.targeted)
-                own = lg.gather(1, labels.view(-1, 1)).squeeze(1)
-                other = lg.scatter(1, labels.view(-1, 1), float("-inf")).amax(1)
-                margin = float((own - other).mean() if t.targeted else (other - own).mean())
-            stats.append((float(hit.float().mean()), margin))
+            stats.append(batch_stats(lg, labels, t.targeted))
         grads = torch.autograd.grad(total, xs)
         share = (time.perf_counter() - t0) / len(active)
         for i, t in enumerate(active):
@@ -169,8 +163,7 @@ def run_batch(cfgs: list, show_progress: bool = False, on_done: Callable[[object
         Each job's ``attack.json`` record, in order.
     """
     from physical_adv.attack.objectives import OBJECTIVES
-    from physical_adv.attack.runner import _record, _write_run_dir, evaluate, views_per_step
-    from physical_adv.errors import UserError
+    from physical_adv.attack.runner import _record, _write_run_dir, check_new_run_dir, evaluate, views_per_step
     from physical_adv.models import load_model
     from physical_adv.ui import make_progress
 
@@ -179,9 +172,7 @@ def run_batch(cfgs: list, show_progress: bool = False, on_done: Callable[[object
         raise ValueError("run_batch takes batchable jobs that share one batch key")
     started = time.time()
     for cfg in cfgs:
-        out = Path(cfg.out)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise UserError(f"output {out} already exists and is not an empty directory")
+        check_new_run_dir(cfg.out)
     first = cfgs[0]
     model = load_model(first.model, first.device, classes=first.classes)
     device = model.device

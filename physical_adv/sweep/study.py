@@ -256,7 +256,7 @@ def run_sweep(cfg: SweepConfig, show_progress: bool = True) -> dict:
         _import_ray()  # before anything is loaded or written
     plan = load_plan(cfg.plan)
     study = Path(cfg.out)
-    _check_same_plan(study, plan)
+    created = _check_same_plan(study, plan)
     study.mkdir(parents=True, exist_ok=True)
     if not (study / "plan.toml").exists():
         atomic_write_bytes(study / "plan.toml", Path(cfg.plan).read_bytes())
@@ -264,9 +264,10 @@ def run_sweep(cfg: SweepConfig, show_progress: bool = True) -> dict:
     batches = make_batches(list(plan.jobs), cfg.batch, runs)
     todo = [b for b in batches if any(not (runs / j.id / "attack.json").exists() for j in b.jobs)]
     statuses: dict[str, dict] = {}
-    write_study(study, plan, batches, statuses, cfg)
-    done_before = len(plan.jobs) - sum(1 for b in todo for j in b.jobs if not (runs / j.id / "attack.json").exists())
     workers = cfg.workers or default_workers()
+    engine = {"ray": cfg.ray, "workers": workers, "batch": cfg.batch, "threads": cfg.threads}
+    write_study(study, plan, batches, statuses, engine, created)
+    done_before = len(plan.jobs) - sum(1 for b in todo for j in b.jobs if not (runs / j.id / "attack.json").exists())
     started = time.time()
     with make_progress(disable=not show_progress) as bar:
         task = bar.add_task("sweep", total=len(plan.jobs), completed=done_before,
@@ -277,7 +278,7 @@ def run_sweep(cfg: SweepConfig, show_progress: bool = True) -> dict:
             statuses.update({r["job"]: r for r in results})
             bar.update(task, advance=sum(1 for r in fresh if r["status"] == "done"),
                        info=f"{sum(r['status'] == 'failed' for r in statuses.values())} failed")
-            write_study(study, plan, batches, statuses, cfg)
+            write_study(study, plan, batches, statuses, engine, created)
 
         try:
             if cfg.ray is not None:
@@ -285,25 +286,32 @@ def run_sweep(cfg: SweepConfig, show_progress: bool = True) -> dict:
             else:
                 _local(study, todo, workers, cfg.threads, progress)
         except KeyboardInterrupt:
-            write_study(study, plan, batches, statuses, cfg)
+            write_study(study, plan, batches, statuses, engine, created)
             console.print(f"interrupted: every finished run is kept in {runs}; run the same sweep again to go on")
             raise
-    record = write_study(study, plan, batches, statuses, cfg, seconds=time.time() - started)
+    record = write_study(study, plan, batches, statuses, engine, created, seconds=time.time() - started)
     return record
 
 
-def _check_same_plan(study: Path, plan: Plan) -> None:
-    """A study folder belongs to one plan: resuming it with a plan of other jobs is an error."""
+def _check_same_plan(study: Path, plan: Plan) -> str:
+    """A study folder belongs to one plan: resuming it with a plan of other jobs is an error.
+
+    Returns:
+        When the study was created (now, for a new one).
+    """
     record = study / STUDY_JSON
     if record.exists():
         try:
-            before = [j["id"] for j in json.loads(record.read_text())["jobs"]]
+            before = json.loads(record.read_text())
+            ids = [j["id"] for j in before["jobs"]]
         except (OSError, ValueError, KeyError, TypeError):
             raise UserError(f"{record} is damaged; give a new --out") from None
-        if before != [j.id for j in plan.jobs]:
+        if ids != [j.id for j in plan.jobs]:
             raise UserError(f"{study} holds a study of another plan (its jobs differ from {plan.path}'s); give a new --out")
-    elif study.exists() and (not study.is_dir() or any(study.iterdir())):
+        return before.get("created", utc_now())
+    if study.exists() and (not study.is_dir() or any(study.iterdir())):
         raise UserError(f"{study} exists and is not a study folder; give a new --out")
+    return utc_now()
 
 
 def job_status(study: Path, job: Job, statuses: dict[str, dict]) -> dict:
@@ -333,13 +341,13 @@ def _finished_record(path: Path) -> dict:
     return _RECORDS[key]
 
 
-def _row(study: Path, job: Job, batch: Batch, status: dict) -> dict:
+def _row(study: Path, job: Job, batch_id: str, batch_size: int, status: dict) -> dict:
     o = job.options
     row = {"job": job.id, "status": status["status"], "source": o["source"], "target": o.get("target"),
            "eps": o.get("eps"), "norm": o.get("norm", "linf"), "patch": o.get("patch") or o.get("mask"),
            "patch_area": o.get("patch_area") if (o.get("patch") or o.get("mask")) else None,
            "model": o.get("model", "signs"), "eot": o.get("eot", "print-camera"), "seed": o.get("seed", 0),
-           "steps": o.get("steps", 300), "batch": batch.id, "batch_size": len(batch.jobs) if batch.batched else 1,
+           "steps": o.get("steps", 300), "batch": batch_id, "batch_size": batch_size,
            "error": status.get("error"), "run": status.get("run")}
     if status["status"] == "done":
         rec = _finished_record(study / status["run"] / "attack.json")
@@ -351,26 +359,20 @@ def _row(study: Path, job: Job, batch: Batch, status: dict) -> dict:
     return row
 
 
-def write_study(study: Path, plan: Plan, batches: list[Batch], statuses: dict[str, dict], cfg: SweepConfig,
+def write_study(study: Path, plan: Plan, batches: list[Batch], statuses: dict[str, dict], engine: dict, created: str,
                 seconds: float | None = None) -> dict:
     """``study.json`` and ``study.csv`` from what is on disk now (atomically replaced)."""
     rows = []
     for b in batches:
         for job in b.jobs:
-            rows.append(_row(study, job, b, job_status(study, job, statuses)))
+            rows.append(_row(study, job, b.id, len(b.jobs) if b.batched else 1, job_status(study, job, statuses)))
     order = {j.id: j.index for j in plan.jobs}
     rows.sort(key=lambda r: order[r["job"]])
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "failed", "pending")}
-    previous = {}
-    if (study / STUDY_JSON).exists():
-        try:
-            previous = json.loads((study / STUDY_JSON).read_text())
-        except ValueError:
-            previous = {}
     record = {
-        "schema": SCHEMA, "kind": "study", "created": previous.get("created", utc_now()), "updated": utc_now(),
+        "schema": SCHEMA, "kind": "study", "created": created, "updated": utc_now(),
         "plan": plan.data, "plan_file": str(plan.path),
-        "engine": {"ray": cfg.ray, "workers": cfg.workers or default_workers(), "batch": cfg.batch, "threads": cfg.threads},
+        "engine": engine,
         "counts": {"jobs": len(rows), **counts},
         "jobs": [{"id": j.id, "index": j.index, "options": {k: list(v) if isinstance(v, tuple) else v
                                                             for k, v in j.options.items()}} for j in plan.jobs],
@@ -402,7 +404,7 @@ def study_status(study: Path) -> dict:
     rows = []
     for job in jobs:
         name, size = batch_of.get(job.id, (f"single-{job.id}", 1))
-        rows.append(_row(study, job, Batch(name, (job,) * max(1, size or 1), (size or 1) > 1), job_status(study, job, {})))
+        rows.append(_row(study, job, name, size or 1, job_status(study, job, {})))
     record["rows"] = rows
     record["counts"] = {"jobs": len(rows), **{s: sum(r["status"] == s for r in rows) for s in ("done", "failed", "pending")}}
     return record
